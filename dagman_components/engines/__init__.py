@@ -1,0 +1,26 @@
+"""Training engines and their handlers."""
+
+from dagman_components.engines.co_distillation import MASKING_STRATEGIES, CoDistillationTrainer, make_teacher, parameter_groups
+from dagman_components.engines.handlers import (
+    EMATeacherUpdate,
+    FreezeLastLayer,
+    PretrainCheckpoint,
+    TeacherTemperatureSchedule,
+    ema_momentum,
+    latest_checkpoint,
+    unwrap,
+)
+
+__all__ = [
+    "CoDistillationTrainer",
+    "EMATeacherUpdate",
+    "FreezeLastLayer",
+    "MASKING_STRATEGIES",
+    "PretrainCheckpoint",
+    "TeacherTemperatureSchedule",
+    "ema_momentum",
+    "latest_checkpoint",
+    "make_teacher",
+    "parameter_groups",
+    "unwrap",
+]

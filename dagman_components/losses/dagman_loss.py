@@ -1,0 +1,168 @@
+"""The DAGMaN/SMART pretraining objective: AMIP + 0.1 AMPD + 0.1 AITD + 0.1 GITD."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from dagman_components.losses.distillation import DistillationCE, distribution_entropies
+
+__all__ = ["DAGMaNLoss", "HeadOutputs", "masked_l1", "DISTILLATION_TERMS"]
+
+DISTILLATION_TERMS = ("ampd", "aitd", "gitd")
+
+
+@dataclass
+class HeadOutputs:
+    """Head outputs of one network (student or teacher) on the stacked views [u; v] (2B samples).
+
+    Attributes:
+        patch_logits: (M, K) AMPD head on the M student-masked tokens, or None.
+        patch_image_index: (M,) index in [0, 2B) of the image each masked token belongs to.
+        cls_logits: (2B, K) AITD head on the [CLS] token, or None.
+        global_logits: (2B, K) GITD head on the pooled last stage, or None.
+        reconstruction: (2B, C, D, H, W) AMIP prediction (student only), or None.
+    """
+
+    patch_logits: torch.Tensor | None = None
+    patch_image_index: torch.Tensor | None = None
+    cls_logits: torch.Tensor | None = None
+    global_logits: torch.Tensor | None = None
+    reconstruction: torch.Tensor | None = None
+
+
+def masked_l1(prediction: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
+    """AMIP: ``sum(|x - x_hat| * m) / (sum(m) + 1e-5)`` over masked voxels only (SMIT/SimMIM), per channel.
+
+    Args:
+        prediction, target: (B, C, D, H, W).
+        voxel_mask: (B, 1, D, H, W), 1 = masked.
+    """
+    weight = voxel_mask.to(prediction.dtype)
+    error = (prediction.float() - target.float()).abs() * weight
+    return error.sum() / (weight.sum() * prediction.shape[1] + 1e-5)
+
+
+class DAGMaNLoss(nn.Module):
+    """Weighted sum of the four pretraining losses; each term with weight 0 is skipped (and its head is not built).
+
+    - AMIP: masked-voxel L1 of the student's reconstruction of its own view.
+    - AMPD: teacher(u^) vs student(u~) patch-token CE on student-masked tokens, same view; per
+      image ``sum(m*CE)/max(sum(m),1)``, then the batch mean (iBOT).
+    - AITD: teacher [CLS] of one view vs student [CLS] of the other view.
+    - GITD: teacher vs student pooled last stage, cross-view.
+
+    Args:
+        out_dim: prototypes K of every distillation head (8192).
+        amip_weight, ampd_weight, aitd_weight, gitd_weight: 1.0, 0.1, 0.1, 0.1 (papers, grid-searched).
+        student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, center_momentum:
+            see :class:`DistillationCE` (0.1, 0.04, 0.07, 30, 0.9).
+    """
+
+    def __init__(
+        self,
+        out_dim: int = 8192,
+        amip_weight: float = 1.0,
+        ampd_weight: float = 0.1,
+        aitd_weight: float = 0.1,
+        gitd_weight: float = 0.1,
+        student_temp: float = 0.1,
+        warmup_teacher_temp: float = 0.04,
+        teacher_temp: float = 0.07,
+        warmup_teacher_temp_epochs: int = 30,
+        center_momentum: float = 0.9,
+    ) -> None:
+        super().__init__()
+        self.weights = {"amip": amip_weight, "ampd": ampd_weight, "aitd": aitd_weight, "gitd": gitd_weight}
+        for name, weight in self.weights.items():
+            if weight < 0:
+                raise ValueError(f"{name}_weight must be >= 0, got {weight}.")
+        if not any(self.weights.values()):
+            raise ValueError("all loss weights are 0: nothing to train.")
+        self.distillation = nn.ModuleDict(
+            {
+                name: DistillationCE(
+                    out_dim, student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, center_momentum
+                )
+                for name in DISTILLATION_TERMS
+                if self.weights[name] > 0
+            }
+        )
+
+    def active(self, name: str) -> bool:
+        """Whether term ``name`` ("amip", "ampd", "aitd", "gitd") contributes to the total."""
+        return self.weights[name] > 0
+
+    @property
+    def teacher_temp(self) -> float:
+        """Current tau_t (shared by all heads)."""
+        return next(iter(self.distillation.values())).teacher_temp if self.distillation else float("nan")
+
+    def set_epoch(self, epoch: int) -> float:
+        """Move every head's tau_t to 0-based ``epoch`` of the warm-up schedule; returns it."""
+        temps = [ce.set_epoch(epoch) for ce in self.distillation.values()]
+        return temps[0] if temps else float("nan")
+
+    def forward(
+        self,
+        student: HeadOutputs,
+        teacher: HeadOutputs,
+        images: torch.Tensor,
+        voxel_mask: torch.Tensor,
+        num_views: int = 2,
+    ) -> dict[str, torch.Tensor]:
+        """Compute every term on the stacked views.
+
+        Args:
+            student, teacher: head outputs on the 2B stacked samples ([u; v]).
+            images: (2B, C, D, H, W) the clean views (AMIP target).
+            voxel_mask: (2B, 1, D, H, W) the student's mask at voxel resolution.
+            num_views: views stacked along the batch (2): cross-view terms pair sample i of view a
+                with sample i of the next view.
+
+        Returns:
+            ``total`` (with grad), ``amip``, ``ampd``, ``aitd``, ``gitd`` (detached, 0 when off)
+            and the collapse monitors ``teacher_entropy_mean_<term>`` = H(mean P_t) and
+            ``teacher_entropy_sample_<term>`` = mean H(P_t).
+        """
+        zero = images.new_zeros((), dtype=torch.float32)
+        terms: dict[str, torch.Tensor] = {name: zero for name in self.weights}
+        monitors: dict[str, torch.Tensor] = {}
+        if self.active("amip"):
+            terms["amip"] = masked_l1(student.reconstruction, images, voxel_mask)
+        pending_centers: list[tuple[DistillationCE, torch.Tensor]] = []
+
+        def distill(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+            ce = self.distillation[name]
+            probs = ce.teacher_probabilities(teacher_logits)
+            monitors[f"teacher_entropy_mean_{name}"], monitors[f"teacher_entropy_sample_{name}"] = (
+                t.detach() for t in distribution_entropies(probs)
+            )
+            pending_centers.append((ce, teacher_logits))
+            return ce(student_logits, probs)
+
+        if self.active("ampd"):
+            per_token = distill("ampd", student.patch_logits, teacher.patch_logits)
+            n_images = images.shape[0]
+            index = student.patch_image_index
+            per_image = zero.new_zeros(n_images).index_add(0, index, per_token)
+            counts = zero.new_zeros(n_images).index_add(0, index, torch.ones_like(per_token))
+            terms["ampd"] = (per_image / counts.clamp_min(1.0)).mean()
+        batch = images.shape[0] // num_views
+        for name, s_logits, t_logits in (
+            ("aitd", student.cls_logits, teacher.cls_logits),
+            ("gitd", student.global_logits, teacher.global_logits),
+        ):
+            if self.active(name):
+                # student view a learns from the teacher's other view: roll the teacher by one view
+                terms[name] = distill(name, s_logits, t_logits.roll(batch, dims=0)).mean()
+        total = sum(self.weights[name] * terms[name] for name in self.weights if self.active(name))
+        # centers move after the loss, as in DINO, so this step's targets used the previous center
+        for ce, teacher_logits in pending_centers:
+            ce.update_center(teacher_logits)
+        out = {"total": total}
+        out.update({name: value.detach() for name, value in terms.items()})
+        out.update(monitors)
+        return out

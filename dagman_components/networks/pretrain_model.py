@@ -1,0 +1,99 @@
+"""Encoder + the projection/reconstruction heads the pretraining losses need (one student or teacher)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from dagman_components.losses.dagman_loss import HeadOutputs
+from dagman_components.losses.heads import DINOHead, ReconstructionHead
+from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder
+
+__all__ = ["DAGMaNPretrainModel"]
+
+
+class DAGMaNPretrainModel(nn.Module):
+    """An ``SASwinEncoder`` with the heads of the active losses.
+
+    The student and the EMA teacher are two instances (the teacher a deep copy of the student).
+    A head is built only when its loss is on, so weight 0 removes the head's parameters too.
+
+    Args:
+        encoder: the encoder (its ``sa_dim`` / ``out_dim`` size the heads).
+        out_dim: prototypes K (8192, SMIT/iBOT).
+        hidden_dim: DINO head hidden size (2048).
+        bottleneck_dim: DINO head bottleneck (256).
+        ampd_head, aitd_head, gitd_head, amip_head: build that loss's head.
+        ampd_tokens: ``"stage"`` (SA-stage Swin tokens before the SA blocks, SMART eq. 5 "before the
+            semantic attention layer") or ``"sa"`` (patch tokens after the SA blocks) **[choice]**.
+    """
+
+    def __init__(
+        self,
+        encoder: SASwinEncoder,
+        out_dim: int = 8192,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        ampd_head: bool = True,
+        aitd_head: bool = True,
+        gitd_head: bool = True,
+        amip_head: bool = True,
+        ampd_tokens: str = "stage",
+    ) -> None:
+        super().__init__()
+        if ampd_tokens not in ("stage", "sa"):
+            raise ValueError(f"ampd_tokens must be 'stage' or 'sa', got {ampd_tokens!r}.")
+        has_sa = encoder.semantic_attention is not None
+        if aitd_head and not has_sa:
+            raise ValueError("AITD distils the [CLS] token of the SA module: set aitd_weight 0 when use_semantic_attention is False.")
+        if ampd_tokens == "sa" and not has_sa:
+            raise ValueError("ampd_tokens='sa' needs the SA module (use_semantic_attention=True).")
+        self.encoder = encoder
+        self.ampd_tokens = ampd_tokens
+
+        def head(in_dim: int, build: bool) -> DINOHead | None:
+            return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim) if build else None
+
+        self.patch_head = head(encoder.sa_dim, ampd_head)
+        self.cls_head = head(encoder.sa_dim, aitd_head)
+        self.global_head = head(encoder.out_dim, gitd_head)
+        self.reconstruction_head = (
+            ReconstructionHead(encoder.out_dim, encoder.in_channels, encoder.min_input_multiple) if amip_head else None
+        )
+
+    def last_layers(self) -> list[nn.Parameter]:
+        """Parameters of the DINO heads' last (prototype) layers, frozen during the first epoch(s)."""
+        return [
+            p for h in (self.patch_head, self.cls_head, self.global_head) if h is not None for p in h.last_layer.parameters()
+        ]
+
+    def project(self, encoded: EncoderOutput, token_mask: torch.Tensor | None, reconstruct: bool = True) -> HeadOutputs:
+        """Apply the heads to an encoder output.
+
+        Args:
+            encoded: output of ``self.encoder``.
+            token_mask: (B, N) student mask; the patch head runs on these tokens only (AMPD
+                needs no others), or None to skip the patch head.
+            reconstruct: run the AMIP head (the teacher never needs it).
+        """
+        out = HeadOutputs()
+        if self.patch_head is not None and token_mask is not None:
+            tokens = encoded.tokens if self.ampd_tokens == "stage" else encoded.sa_tokens
+            out.patch_logits = self.patch_head(tokens[token_mask])
+            out.patch_image_index = token_mask.nonzero()[:, 0]
+        if self.cls_head is not None:
+            out.cls_logits = self.cls_head(encoded.cls)
+        if self.global_head is not None:
+            out.global_logits = self.global_head(encoded.pooled)
+        if self.reconstruction_head is not None and reconstruct:
+            out.reconstruction = self.reconstruction_head(encoded.hidden_states[-1])
+        return out
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[EncoderOutput, HeadOutputs]:
+        """Student step in one call (so DDP sees one forward): encode masked ``x`` (B, C, D, H, W), then the heads on ``mask`` (B, N).
+
+        Returns:
+            ``(EncoderOutput, HeadOutputs)``.
+        """
+        encoded = self.encoder(x, mask)
+        return encoded, self.project(encoded, mask)

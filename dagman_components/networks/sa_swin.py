@@ -1,0 +1,267 @@
+"""``SASwinEncoder``: MONAI's 3D ``SwinTransformer`` with a learnable mask token and a semantic attention stage.
+
+Architecture defaults are the papers' (DAGMaN appendix, SMART sec. IV-C; SMIT's 128^3 config):
+``feature_size=48``, ``patch_size=2``, ``window_size=4``, ``depths=(2, 2, 8, 2)``,
+``num_heads=(4, 4, 8, 16)``, ``qkv_bias=True``, ``patch_norm=True``. The Swin weights live in the
+attribute ``swinViT`` with MONAI's key names, so ``swinViT.*`` loads unchanged into
+``monai.networks.nets.SwinUNETR`` (see :func:`swin_unetr_state_dict`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from monai.networks.nets.swin_unetr import SwinTransformer
+
+from dagman_components.masking import upsample_token_mask
+from dagman_components.networks.semantic_attention import SemanticAttention
+
+__all__ = ["EncoderOutput", "SASwinEncoder", "load_encoder_state_dict", "swin_unetr_state_dict"]
+
+
+@dataclass
+class EncoderOutput:
+    """Everything a pretraining loss or a downstream head needs from one forward.
+
+    Attributes:
+        hidden_states: the five layer-normalised maps of MONAI's ``SwinTransformer``, x0..x4, with
+            channels F, 2F, 4F, 8F, 16F and strides 2, 4, 8, 16, 32 (F = ``feature_size``).
+        tokens: (B, N, C) tokens of the SA stage, before the SA blocks (layer-normalised stage output).
+        sa_tokens: (B, N, C) patch tokens after the SA blocks, or None without SA.
+        cls: (B, C) [CLS] token of the SA module, or None without SA.
+        satt: (B, N) head-averaged [CLS] attention, rows sum to 1, or None without SA.
+        head_attention: (B, heads, N) per-head [CLS] attention, or None without SA.
+        pooled: (B, 16F) average-pooled last stage.
+        grid_size: (d, h, w) of the SA-stage token grid, N = d*h*w.
+    """
+
+    hidden_states: list[torch.Tensor]
+    tokens: torch.Tensor
+    sa_tokens: torch.Tensor | None
+    cls: torch.Tensor | None
+    satt: torch.Tensor | None
+    head_attention: torch.Tensor | None
+    pooled: torch.Tensor
+    grid_size: tuple[int, int, int]
+
+
+class SASwinEncoder(nn.Module):
+    """Swin encoder with semantic attention at stage ``sa_stage`` and a mask token at the patch embedding.
+
+    Args:
+        in_channels: image channels (1 for CT).
+        feature_size: Swin embedding dimension F (48, papers). Must be divisible by 12 as in SwinUNETR.
+        patch_size: patch embedding size (2).
+        window_size: Swin window size (4).
+        depths: Swin blocks per stage ((2, 2, 8, 2)).
+        num_heads: Swin heads per stage ((4, 4, 8, 16)).
+        mlp_ratio: MLP ratio (4.0).
+        qkv_bias: qkv bias (True).
+        drop_path_rate: stochastic depth (0.1 for the student, papers; the EMA teacher runs in eval mode).
+        sa_stage: stage 1..4 whose output feeds the SA module (3, papers; Table V ablation).
+        use_semantic_attention: False gives a plain Swin (SMIT): no [CLS], no SATT.
+        sa_depth: ViT blocks in the SA module (2).
+        sa_num_heads: SA heads; None uses the Swin stage's heads **[choice]**.
+        sa_layer_scale_init: LayerScale init in the SA blocks (0.1) **[choice]**.
+        sa_inline: True: the SA patch tokens replace the stage output that feeds the next stage
+            (the SA module is "inserted into" stage 3, SMART sec. III-B) **[choice]**; False: SA is a
+            side branch and the Swin path is exactly MONAI's.
+        use_checkpoint: gradient checkpointing in the Swin blocks (MONAI's option).
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        feature_size: int = 48,
+        patch_size: int = 2,
+        window_size: int = 4,
+        depths: Sequence[int] = (2, 2, 8, 2),
+        num_heads: Sequence[int] = (4, 4, 8, 16),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop_path_rate: float = 0.0,
+        sa_stage: int = 3,
+        use_semantic_attention: bool = True,
+        sa_depth: int = 2,
+        sa_num_heads: int | None = None,
+        sa_layer_scale_init: float = 0.1,
+        sa_inline: bool = True,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        if len(depths) != 4 or len(num_heads) != 4:
+            raise ValueError(f"depths and num_heads need 4 stages, got depths={depths}, num_heads={num_heads}.")
+        if sa_stage not in (1, 2, 3, 4):
+            raise ValueError(f"sa_stage must be 1, 2, 3 or 4, got {sa_stage}.")
+        if feature_size % 12 != 0:
+            raise ValueError(f"feature_size must be divisible by 12 (as in MONAI SwinUNETR), got {feature_size}.")
+        self.in_channels = in_channels
+        self.feature_size = feature_size
+        self.patch_size = patch_size
+        self.sa_stage = sa_stage
+        self.sa_inline = sa_inline
+        self.swinViT = SwinTransformer(
+            in_chans=in_channels,
+            embed_dim=feature_size,
+            window_size=(window_size,) * 3,
+            patch_size=(patch_size,) * 3,
+            depths=depths,
+            num_heads=num_heads,
+            mlp_ratio=mlp_ratio,
+            qkv_bias=qkv_bias,
+            drop_path_rate=drop_path_rate,
+            patch_norm=True,
+            use_checkpoint=use_checkpoint,
+            spatial_dims=3,
+        )
+        # zero-initialised like SMIT/SimMIM, so an untrained mask token means "no information"
+        self.mask_token = nn.Parameter(torch.zeros(1, feature_size, 1, 1, 1))
+        self.sa_dim = feature_size * 2**sa_stage
+        self.out_dim = feature_size * 2**4
+        self.semantic_attention: SemanticAttention | None = None
+        if use_semantic_attention:
+            self.semantic_attention = SemanticAttention(
+                dim=self.sa_dim,
+                num_heads=sa_num_heads or num_heads[sa_stage - 1],
+                depth=sa_depth,
+                mlp_ratio=mlp_ratio,
+                qkv_bias=qkv_bias,
+                drop_path=drop_path_rate,
+                layer_scale_init=sa_layer_scale_init,
+            )
+
+    @property
+    def token_stride(self) -> int:
+        """Voxels per SA-stage token along each axis (16 at ``sa_stage=3``, ``patch_size=2``)."""
+        return self.patch_size * 2**self.sa_stage
+
+    @property
+    def min_input_multiple(self) -> int:
+        """Every spatial size must be a multiple of this (32 with ``patch_size=2``)."""
+        return self.patch_size * 2**4
+
+    def grid_size(self, spatial_shape: Sequence[int]) -> tuple[int, int, int]:
+        """SA-stage token grid (d, h, w) for an input of ``spatial_shape`` (D, H, W)."""
+        self._check_input_shape(spatial_shape)
+        return tuple(int(s) // self.token_stride for s in spatial_shape)  # type: ignore[return-value]
+
+    def _check_input_shape(self, spatial_shape: Sequence[int]) -> None:
+        m = self.min_input_multiple
+        if len(spatial_shape) != 3 or any(int(s) % m for s in spatial_shape):
+            raise ValueError(
+                f"SASwinEncoder expects a 3D input whose sizes are multiples of {m}, got spatial shape "
+                f"{tuple(int(s) for s in spatial_shape)}; crop or pad the image (e.g. roi_size 64, 96 or 128)."
+            )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+        """Encode ``x`` (B, in_channels, D, H, W), replacing masked tokens by the mask token.
+
+        Args:
+            x: input volume, D, H, W multiples of ``min_input_multiple``.
+            mask: (B, N) boolean on the SA-stage token grid, True = masked (replaced by the mask
+                token after the patch embedding), or None.
+        """
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(f"SASwinEncoder expects (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}.")
+        grid = self.grid_size(x.shape[2:])
+        swin = self.swinViT
+        x0 = swin.patch_embed(x)
+        if mask is not None:
+            n_tokens = grid[0] * grid[1] * grid[2]
+            if mask.shape != (x.shape[0], n_tokens):
+                raise ValueError(
+                    f"mask must have shape (B, N) = ({x.shape[0]}, {n_tokens}) for the {grid} token grid, "
+                    f"got {tuple(mask.shape)}."
+                )
+            weight = upsample_token_mask(mask, grid, self.token_stride // self.patch_size).unsqueeze(1).to(x0.dtype)
+            x0 = x0 * (1.0 - weight) + self.mask_token.to(x0.dtype) * weight
+        x_stage = swin.pos_drop(x0)
+        hidden_states = [swin.proj_out(x_stage, normalize=True)]
+        sa_out = None
+        for stage, layers in enumerate((swin.layers1, swin.layers2, swin.layers3, swin.layers4), start=1):
+            x_stage = layers[0](x_stage.contiguous())
+            stage_map = swin.proj_out(x_stage, normalize=True)
+            if stage == self.sa_stage:
+                tokens = stage_map.flatten(2).transpose(1, 2)
+                if self.semantic_attention is not None:
+                    sa_out = self.semantic_attention(x_stage)
+                    if self.sa_inline:
+                        x_stage = sa_out.features
+                        stage_map = swin.proj_out(x_stage, normalize=True)
+            hidden_states.append(stage_map)
+        return EncoderOutput(
+            hidden_states=hidden_states,
+            tokens=tokens,
+            sa_tokens=None if sa_out is None else sa_out.tokens,
+            cls=None if sa_out is None else sa_out.cls,
+            satt=None if sa_out is None else sa_out.satt,
+            head_attention=None if sa_out is None else sa_out.head_attention,
+            pooled=hidden_states[-1].flatten(2).mean(dim=-1),
+            grid_size=grid,
+        )
+
+    def load_pretrained(self, path: str | Path, strict: bool = True) -> SASwinEncoder:
+        """Load encoder weights written by the pretrain bundle (``models/model.pt``); see :func:`load_encoder_state_dict`."""
+        load_encoder_state_dict(self, path, strict=strict)
+        return self
+
+
+def _unwrap_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in ("encoder", "model", "state_dict", "student"):
+            if key in obj and isinstance(obj[key], dict):
+                return _unwrap_state_dict(obj[key], path)
+        if all(isinstance(v, torch.Tensor) for v in obj.values()):
+            prefix = "module."
+            return {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in obj.items()}
+    raise ValueError(f"{path}: not an encoder state dict (expected a dict of tensors, optionally under 'model').")
+
+
+def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load ``path`` into ``encoder`` on CPU and report mismatches by key name.
+
+    Accepts a plain state dict or one under ``"model"``/``"state_dict"``/``"encoder"``/``"student"``,
+    with or without DDP's ``module.`` prefix. With ``strict`` any missing, unexpected or
+    wrongly-shaped key raises a ``ValueError`` naming the file and the keys; otherwise the
+    matching keys are loaded and ``(missing, unexpected)`` returned.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained encoder checkpoint not found: {path}")
+    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    own = encoder.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if strict and (missing or unexpected or wrong_shape):
+
+        def listed(keys: list[str]) -> str:
+            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+        raise ValueError(
+            f"{path} does not match the encoder architecture: "
+            f"{len(missing)} missing keys [{listed(missing)}]; {len(unexpected)} unexpected keys "
+            f"[{listed(unexpected)}]; {len(wrong_shape)} shape mismatches [{listed(wrong_shape)}]. "
+            "Check feature_size, depths, num_heads, sa_stage and use_semantic_attention against the pretraining config."
+        )
+    loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
+    encoder.load_state_dict(loadable, strict=False)
+    return missing, unexpected
+
+
+def swin_unetr_state_dict(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The ``swinViT.*`` entries of an ``SASwinEncoder`` state dict, ready for ``SwinUNETR.load_state_dict(..., strict=False)``.
+
+    Key names are MONAI's, so every ``swinViT`` key of a ``SwinUNETR`` with the same
+    ``feature_size``, ``depths``, ``num_heads`` and ``patch_norm=True`` is matched. The mask token
+    and the SA module have no counterpart in SwinUNETR and are left out.
+    """
+    return {k: v for k, v in encoder_state.items() if k.startswith("swinViT.")}
