@@ -32,6 +32,11 @@ def _check_ratio(name: str, value: float) -> None:
         raise ValueError(f"{name} must be in [0, 1], got {value}.")
 
 
+def _count(fraction: float, n_tokens: int) -> int:
+    """``floor(fraction * n_tokens)``, robust to float error (0.1 * 0.7 * 300 is 20.999...)."""
+    return math.floor(fraction * n_tokens + 1e-6)
+
+
 def _random_ranks(batch: int, n_tokens: int, generator: torch.Generator | None, device) -> torch.Tensor:
     """(batch, n_tokens) independent random permutations."""
     return torch.rand(batch, n_tokens, generator=generator, device=device).argsort(dim=1)
@@ -73,9 +78,9 @@ def attention_guided_mask(
     if hint_mode not in ("random", "top"):
         raise ValueError(f"hint_mode must be 'random' or 'top', got {hint_mode!r}.")
     batch, n_tokens = satt.shape
-    n_masked = math.floor(mask_ratio * n_tokens)
-    n_hints = math.floor(hint_ratio * mask_ratio * n_tokens)
-    n_pool = math.floor(hint_ratio * n_tokens)
+    n_masked = _count(mask_ratio, n_tokens)
+    n_hints = _count(hint_ratio * mask_ratio, n_tokens)
+    n_pool = _count(hint_ratio, n_tokens)
     order = torch.argsort(satt.float(), dim=1, descending=(mode == "high"), stable=True)
     mask = torch.zeros(batch, n_tokens, dtype=torch.bool, device=satt.device)
     mask.scatter_(1, order[:, :n_masked], True)
@@ -103,7 +108,7 @@ def random_mask(
         (batch, n_tokens) bool, True = masked.
     """
     _check_ratio("mask_ratio", mask_ratio)
-    n_masked = math.floor(mask_ratio * n_tokens)
+    n_masked = _count(mask_ratio, n_tokens)
     mask = torch.zeros(batch, n_tokens, dtype=torch.bool, device=device)
     if n_masked > 0:
         mask.scatter_(1, _random_ranks(batch, n_tokens, generator, device)[:, :n_masked], True)
@@ -150,7 +155,7 @@ def block_mask(
     _check_ratio("mask_ratio", mask_ratio)
     d, h, w = (int(s) for s in grid_size)
     n_tokens = d * h * w
-    target = math.floor(mask_ratio * n_tokens)
+    target = _count(mask_ratio, n_tokens)
     masks = torch.zeros(batch, d, h, w, dtype=torch.bool)
 
     def uniform(low: float, high: float) -> float:

@@ -1,0 +1,99 @@
+"""Helpers that the bundle configs call: where the bundle lives, and which data to train on."""
+
+from __future__ import annotations
+
+import ast
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch.distributed as dist
+
+__all__ = ["locate_bundle_root", "prepare_dataset"]
+
+logger = logging.getLogger(__name__)
+
+
+def _config_files_from_argv(argv: Sequence[str]) -> list[str]:
+    """The ``--config_file`` value(s) of a ``python -m monai.bundle run`` command line."""
+    for i, arg in enumerate(argv):
+        value = None
+        if arg == "--config_file" and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith("--config_file="):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        if value.strip().startswith("["):
+            try:
+                return [str(v) for v in ast.literal_eval(value)]
+            except (ValueError, SyntaxError):
+                return [v.strip(" '\"") for v in value.strip("[]").split(",")]
+        return [value]
+    return []
+
+
+def locate_bundle_root(bundle_name: str, argv: Sequence[str] | None = None, cwd: str | None = None) -> str:
+    """The folder of bundle ``bundle_name``, wherever ``monai.bundle run`` was launched from.
+
+    MONAI does not set ``bundle_root``; ``"."`` would be the launch directory, so launching from
+    the repository root would write into it. Looked up in order: the folder above ``configs/`` of
+    the first ``--config_file`` on the command line; the launch directory if it is the bundle
+    (has ``configs/``); ``bundles/<bundle_name>`` under it; else the launch directory.
+    ``--bundle_root`` on the command line (and MONAI Label) overrides this entirely.
+    """
+    argv = sys.argv if argv is None else argv
+    cwd = os.getcwd() if cwd is None else cwd
+    for config_file in _config_files_from_argv(argv):
+        config_dir = Path(cwd, config_file).resolve().parent
+        if config_dir.name == "configs":
+            return str(config_dir.parent)
+    here = Path(cwd)
+    if (here / "configs").is_dir() and here.name == bundle_name:
+        return str(here)
+    candidate = here / "bundles" / bundle_name
+    if candidate.is_dir():
+        return str(candidate.resolve())
+    return str(here)
+
+
+def _is_rank_zero() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def prepare_dataset(
+    dataset_dir: str,
+    datalist: str | None = None,
+    phantom_dir: str | None = None,
+    phantom_volumes: int = 8,
+    phantom_shape: Sequence[int] = (96, 96, 96),
+    seed: int = 0,
+    data_list_key: str = "training",
+    on_error: str = "raise",
+) -> list[dict]:
+    """The training items of a bundle: the embedded phantom set, or the user's data.
+
+    When ``dataset_dir`` is the bundle's default ``phantom_dir`` and no ``datalist`` is given, the
+    synthetic phantom dataset is generated there once (rank 0 under DDP, the others wait) and its
+    datalist is used. Otherwise ``dataset_dir`` is a folder of NIfTI files or, with ``datalist``,
+    the base folder of a Decathlon-style JSON; a missing/empty folder or a corrupt/2D image is
+    an error naming it (``on_error="skip"`` logs a warning and drops bad images instead).
+    """
+    from dagman_components.data import generate_phantom_dataset, load_datalist, validate_images
+
+    is_default = phantom_dir is not None and datalist is None and Path(dataset_dir).resolve() == Path(phantom_dir).resolve()
+    if is_default:
+        if _is_rank_zero():
+            datalist = str(
+                generate_phantom_dataset(phantom_dir, num_volumes=phantom_volumes, shape=tuple(phantom_shape), seed=seed)
+            )
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        datalist = str(Path(phantom_dir) / "dataset.json")
+        logger.info(f"training on the embedded phantom dataset {datalist}")
+    items = load_datalist(dataset_dir=dataset_dir, datalist=datalist, data_list_key=data_list_key)
+    items = validate_images(items, on_error=on_error)
+    logger.info(f"{len(items)} training volumes from {datalist or dataset_dir}")
+    return items

@@ -1,0 +1,133 @@
+import math
+
+import pytest
+import torch
+from ignite.engine import Events
+
+from dagman_components.engines import CoDistillationTrainer, PretrainCheckpoint, ema_momentum, make_teacher, parameter_groups
+from dagman_components.losses import DAGMaNLoss
+from dagman_components.masking import attention_guided_mask
+from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
+
+ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 tokens
+
+
+def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=True, drop=0.7, handlers=(), **kwargs):
+    torch.manual_seed(0)
+    encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1)
+    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, aitd_head=use_sa)
+    loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=2)
+    data = [{"view_1": torch.rand(2, 1, ROI, ROI, ROI), "view_2": torch.rand(2, 1, ROI, ROI, ROI)} for _ in range(n_batches)]
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
+    return CoDistillationTrainer(
+        "cpu", max_epochs, data, model, optimizer, loss, masking=masking, teacher_drop_ratio=drop,
+        handlers=list(handlers), **kwargs,
+    )
+
+
+def test_teacher_starts_as_a_frozen_copy_of_the_student():
+    trainer = make_trainer()
+    student = dict(trainer.network.named_parameters())
+    for name, p in trainer.teacher.named_parameters():
+        assert torch.equal(p, student[name]) and not p.requires_grad
+    assert trainer.teacher.reconstruction_head is None and not trainer.teacher.training
+
+
+def test_one_step_ema_arithmetic_and_no_gradient_in_the_teacher():
+    trainer = make_trainer(n_batches=1)
+    teacher_before = {n: p.detach().clone() for n, p in trainer.teacher.named_parameters()}
+    trainer.run()
+    student = dict(trainer.network.named_parameters())
+    m = ema_momentum(0, 1)
+    assert m == pytest.approx(0.996)
+    changed = 0
+    for name, p in trainer.teacher.named_parameters():
+        expected = m * teacher_before[name] + (1 - m) * student[name].detach()
+        assert torch.allclose(p, expected, atol=1e-6), name
+        assert p.grad is None
+        changed += not torch.equal(p, teacher_before[name])
+    assert changed > 0
+
+
+def test_teacher_sees_the_dropped_view_and_the_student_the_guided_mask():
+    trainer = make_trainer(n_batches=1, hint_mode="top")
+    calls = {"teacher": [], "student": []}
+    trainer.teacher.encoder.register_forward_hook(lambda m, args, out: calls["teacher"].append((args[1], out.satt)))
+    trainer.network.encoder.register_forward_hook(lambda m, args, out: calls["student"].append(args[1]))
+    trainer.run()
+    (teacher_mask, teacher_satt), = calls["teacher"]
+    student_mask, = calls["student"]
+    n_tokens = 8
+    assert teacher_mask.shape == (4, n_tokens) and teacher_mask.sum(1).tolist() == [5] * 4  # floor(0.7 * 8)
+    expected = attention_guided_mask(teacher_satt, 0.7, 0.1, hint_mode="top")
+    assert torch.equal(student_mask, expected)
+    assert trainer.state.output["mask_ratio"] == pytest.approx(expected.float().mean().item())
+
+
+def test_clean_teacher_gets_no_mask():
+    trainer = make_trainer(n_batches=1, drop=0.0)
+    masks = []
+    trainer.teacher.encoder.register_forward_hook(lambda m, args, out: masks.append(args[1]))
+    trainer.run()
+    assert masks == [None]
+
+
+@pytest.mark.parametrize("masking,use_sa", [("random", False), ("block", False), ("attention_low", True)])
+def test_baseline_masking_strategies_train(masking, use_sa):
+    trainer = make_trainer(n_batches=1, masking=masking, use_sa=use_sa)
+    trainer.run()
+    out = trainer.state.output
+    assert math.isfinite(out["loss"]) and out["aitd"] == (0.0 if not use_sa else out["aitd"])
+    assert out["mask_ratio"] > 0
+
+
+def test_attention_masking_without_sa_is_refused():
+    with pytest.raises(ValueError, match="use_semantic_attention"):
+        make_trainer(masking="attention_high", use_sa=False)
+
+
+def test_logged_values_cover_the_collapse_monitors_and_schedules():
+    trainer = make_trainer(n_batches=2, max_epochs=2)
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output)))
+    trainer.run()
+    for key in ("loss", "amip", "ampd", "aitd", "gitd", "teacher_entropy_mean_aitd", "teacher_entropy_sample_aitd",
+                "ema_momentum", "teacher_temp", "lr", "mask_ratio", "teacher_drop_ratio"):
+        assert key in seen[0], key
+    assert [round(s["teacher_temp"], 3) for s in seen] == [0.04, 0.04, 0.07, 0.07]
+    assert seen[0]["ema_momentum"] == pytest.approx(0.996) and seen[-1]["ema_momentum"] > seen[0]["ema_momentum"]
+    assert seen[0]["teacher_drop_ratio"] == pytest.approx(5 / 8)
+
+
+def test_last_layer_is_frozen_in_the_first_epoch_only():
+    trainer = make_trainer(n_batches=1, max_epochs=2)
+    last = trainer.network.last_layers()
+    before = [p.detach().clone() for p in last]
+    snapshots = []
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: snapshots.append([p.detach().clone() for p in last]))
+    trainer.run()
+    assert all(torch.equal(a, b) for a, b in zip(before, snapshots[0]))
+    assert any(not torch.equal(a, b) for a, b in zip(snapshots[0], snapshots[1]))
+
+
+def test_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
+    def poison(engine):
+        with torch.no_grad():
+            engine.network.reconstruction_head.proj.bias.fill_(float("nan"))
+
+    checkpoint = None
+
+    def attach_checkpoint(trainer):
+        nonlocal checkpoint
+        checkpoint = PretrainCheckpoint(tmp_path, {"student": trainer.network}, trainer.network.encoder)
+        checkpoint.attach(trainer)
+
+    trainer = make_trainer(n_batches=1, max_epochs=3)
+    attach_checkpoint(trainer)
+    trainer.add_event_handler(Events.EPOCH_STARTED(once=2), poison)
+    with pytest.raises(FloatingPointError, match="non-finite loss at epoch 2") as err:
+        trainer.run()
+    assert "amip=nan" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "model.pt"]
+    saved = torch.load(tmp_path / "model.pt")
+    assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())

@@ -1,0 +1,124 @@
+import pytest
+import torch
+from monai.networks.nets import SwinUNETR
+
+from dagman_components.networks import SASwinEncoder, load_encoder_state_dict, swin_unetr_state_dict
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    torch.manual_seed(0)
+    return SASwinEncoder(feature_size=12).eval()
+
+
+def test_output_shapes(encoder):
+    x = torch.rand(2, 1, 64, 64, 64)
+    with torch.no_grad():
+        out = encoder(x)
+    assert [tuple(h.shape) for h in out.hidden_states] == [
+        (2, 12, 32, 32, 32), (2, 24, 16, 16, 16), (2, 48, 8, 8, 8), (2, 96, 4, 4, 4), (2, 192, 2, 2, 2)
+    ]
+    assert out.grid_size == (4, 4, 4)
+    assert out.tokens.shape == (2, 64, 96) and out.sa_tokens.shape == (2, 64, 96)
+    assert out.cls.shape == (2, 96) and out.pooled.shape == (2, 192)
+    assert out.satt.shape == (2, 64) and out.head_attention.shape == (2, 8, 64)
+
+
+def test_satt_rows_sum_to_one_and_average_the_heads(encoder):
+    with torch.no_grad():
+        out = encoder(torch.rand(3, 1, 64, 64, 64))
+    assert torch.allclose(out.satt.sum(dim=1), torch.ones(3), atol=1e-5)
+    assert torch.allclose(out.head_attention.sum(dim=-1), torch.ones(3, 8), atol=1e-5)
+    assert (out.satt >= 0).all()
+    assert torch.allclose(out.satt, out.head_attention.mean(dim=1))
+
+
+def test_mask_replaces_masked_tokens_only(encoder):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        encoder.mask_token.fill_(5.0)
+    x = torch.rand(1, 1, 64, 64, 64)
+    mask = torch.zeros(1, 64, dtype=torch.bool)
+    mask[0, 0] = True  # token (0,0,0): voxels [0:16)^3, patches [0:8)^3
+    captured = {}
+    handle = encoder.swinViT.pos_drop.register_forward_hook(lambda m, i, o: captured.setdefault("x0", o))
+    with torch.no_grad():
+        encoder(x, mask)
+        masked_x0 = captured.pop("x0")
+        encoder(x)
+        clean_x0 = captured.pop("x0")
+    handle.remove()
+    with torch.no_grad():
+        encoder.mask_token.zero_()
+    assert torch.allclose(masked_x0[0, :, :8, :8, :8], torch.full_like(masked_x0[0, :, :8, :8, :8], 5.0))
+    outside = torch.ones_like(masked_x0, dtype=torch.bool)
+    outside[:, :, :8, :8, :8] = False
+    assert torch.equal(masked_x0[outside], clean_x0[outside])
+
+
+def test_without_semantic_attention():
+    enc = SASwinEncoder(feature_size=12, use_semantic_attention=False).eval()
+    with torch.no_grad():
+        out = enc(torch.rand(1, 1, 64, 64, 64))
+    assert out.cls is None and out.satt is None and out.tokens.shape == (1, 64, 96)
+
+
+@pytest.mark.parametrize("sa_stage,grid", [(1, 16), (2, 8), (4, 2)])
+def test_sa_stage_sets_the_token_grid(sa_stage, grid):
+    enc = SASwinEncoder(feature_size=12, sa_stage=sa_stage).eval()
+    with torch.no_grad():
+        out = enc(torch.rand(1, 1, 64, 64, 64), torch.zeros(1, grid**3, dtype=torch.bool))
+    assert out.satt.shape == (1, grid**3) and out.tokens.shape[-1] == 12 * 2**sa_stage
+
+
+def test_bad_inputs_name_the_shape(encoder):
+    with pytest.raises(ValueError, match=r"\(1, 1, 60, 64, 64\)|60"):
+        encoder(torch.rand(1, 1, 60, 64, 64))
+    with pytest.raises(ValueError, match="mask must have shape"):
+        encoder(torch.rand(1, 1, 64, 64, 64), torch.zeros(1, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"\(B, 1, D, H, W\)"):
+        encoder(torch.rand(1, 64, 64, 64))
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = SASwinEncoder(feature_size=12)
+    ckpt = SASwinEncoder(feature_size=12, use_checkpoint=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x = torch.rand(1, 1, 64, 64, 64)
+    for net in (plain, ckpt):
+        out = net(x)
+        (out.pooled.sum() + out.cls.sum()).backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
+        if a.grad is not None:
+            assert torch.allclose(a.grad, b.grad, atol=1e-5), name
+
+
+def test_save_load_roundtrip_and_mismatch_errors(tmp_path, encoder):
+    path = tmp_path / "model.pt"
+    torch.save(encoder.state_dict(), path)
+    fresh = SASwinEncoder(feature_size=12).load_pretrained(path)
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    torch.save({"model": {"module." + k: v for k, v in encoder.state_dict().items()}}, tmp_path / "ddp.pt")
+    SASwinEncoder(feature_size=12).load_pretrained(tmp_path / "ddp.pt")
+    with pytest.raises(ValueError, match="shape mismatches") as err:
+        SASwinEncoder(feature_size=24).load_pretrained(path)
+    assert str(path) in str(err.value)
+    with pytest.raises(ValueError, match="unexpected keys.*semantic_attention"):
+        SASwinEncoder(feature_size=12, use_semantic_attention=False).load_pretrained(path)
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        SASwinEncoder(feature_size=12).load_pretrained(tmp_path / "nowhere.pt")
+    missing, unexpected = load_encoder_state_dict(SASwinEncoder(feature_size=12, use_semantic_attention=False), path, strict=False)
+    assert not missing and unexpected and all(k.startswith("semantic_attention") for k in unexpected)
+
+
+def test_swin_weights_load_into_monai_swin_unetr(encoder):
+    unetr = SwinUNETR(
+        in_channels=1, out_channels=2, feature_size=12, depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16), window_size=4,
+        patch_norm=True,
+    )
+    result = unetr.load_state_dict(swin_unetr_state_dict(encoder.state_dict()), strict=False)
+    assert not result.unexpected_keys
+    assert not [k for k in result.missing_keys if k.startswith("swinViT.")]
+    assert torch.equal(unetr.swinViT.layers3[0].blocks[0].attn.qkv.weight, encoder.swinViT.layers3[0].blocks[0].attn.qkv.weight)
