@@ -1,0 +1,43 @@
+"""
+Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform chains.
+
+- :py:mod:`.phantom`: deterministic synthetic CT volumes with organ labels and lung nodules.
+- :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
+- :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
+
+__all__ = [
+    "DEFAULT_EXCLUDE",
+    "NIFTI_SUFFIXES",
+    "PHANTOM_LABELS",
+    "ct_preprocessing",
+    "generate_phantom_dataset",
+    "load_datalist",
+    "make_phantom_volume",
+    "pretrain_transforms",
+    "two_view_crops",
+    "validate_images",
+]
+
+_PHANTOM_NAMES = ("PHANTOM_LABELS", "generate_phantom_dataset", "make_phantom_volume")
+
+
+def __getattr__(name: str) -> Any:
+    # imported on first use (PEP 562): importing .phantom here would make
+    # `python -m dagman_components.data.phantom` load the module twice (runpy's RuntimeWarning)
+    if name in _PHANTOM_NAMES:
+        from . import phantom
+
+        return getattr(phantom, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -162,17 +162,21 @@ class PretrainCheckpoint:
         self.save_interval = max(1, int(save_interval))
         self.resume = resume
         self.model_path = self.save_dir / model_filename
+        self.n_saved = n_saved
+        self.checkpoint: Checkpoint | None = None
+
+    def attach(self, engine: Engine) -> None:
+        # the engine itself is saved too: its epoch/iteration is what resuming continues from
+        self.objects["trainer"] = engine
         self.checkpoint = Checkpoint(
             self.objects,
             DiskSaver(str(self.save_dir), atomic=True, create_dir=True, require_empty=False),
             filename_prefix="",
-            n_saved=n_saved,
+            n_saved=self.n_saved,
             global_step_transform=lambda engine, _: engine.state.epoch,
             filename_pattern="checkpoint_{global_step}.{ext}",
             include_self=True,
         )
-
-    def attach(self, engine: Engine) -> None:
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
@@ -185,7 +189,13 @@ class PretrainCheckpoint:
                 f"resume requested but no checkpoint_<epoch>.pt in {self.save_dir}; run without --resume to start fresh."
             )
         state = torch.load(path, map_location="cpu", weights_only=False)
+        missing = sorted(set(self.objects) - set(state))
+        if missing:
+            raise KeyError(f"{path} has no {missing} (keys: {sorted(state)}): not a checkpoint of this pretraining config.")
+        # keep the configured length, so a finished run can be extended with a larger num_epochs
+        max_epochs = engine.state.max_epochs
         Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, state)
+        engine.state.max_epochs = max_epochs
         logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
 
     def save(self, engine: Engine) -> None:

@@ -1,0 +1,232 @@
+"""
+MONAI dictionary-transform chains for CT pretraining: deterministic preprocessing, then two random views.
+
+The deterministic steps come first and contain no random or plain-callable transform, so
+``monai.data.CacheDataset``/``PersistentDataset`` cache their output and only the view cropping runs per
+iteration. Every transform is picklable (no lambdas), as multiprocess ``DataLoader`` workers and
+``PersistentDataset`` require.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import (
+    Compose,
+    CopyItemsd,
+    CropForegroundd,
+    EnsureTyped,
+    LoadImaged,
+    MapTransform,
+    Orientationd,
+    RandomizableTrait,
+    RandSpatialCropd,
+    SelectItemsd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+from monai.utils import ensure_tuple, ensure_tuple_rep
+
+__all__ = [
+    "above_threshold",
+    "WarnIfSmallerd",
+    "PerIterationCopyItemsd",
+    "ct_preprocessing",
+    "two_view_crops",
+    "pretrain_transforms",
+]
+
+logger = logging.getLogger(__name__)
+
+
+def above_threshold(x: NdarrayOrTensor, threshold: float = 0.0) -> NdarrayOrTensor:
+    """
+    Foreground selector for ``CropForegroundd``: ``x > threshold``.
+
+    A module-level function (bound with ``functools.partial``) rather than a lambda, so that the transform
+    chain pickles.
+    """
+    return x > threshold
+
+
+class WarnIfSmallerd(MapTransform):
+    """
+    Log a warning, once per file and process, when an image is smaller than ``spatial_size`` in some dim.
+
+    Placed before ``SpatialPadd``: the padding happens regardless, the warning says that a training crop of
+    this image will be partly padding. Reads the file name from the MetaTensor's ``filename_or_obj``. Does
+    not change the data.
+
+    Args:
+        keys: keys of the images to check.
+        spatial_size: the size below which to warn, e.g. the crop's ``roi_size``.
+        allow_missing_keys: don't raise if a key is missing.
+    """
+
+    def __init__(self, keys: KeysCollection, spatial_size: Sequence[int] | int, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.spatial_size = spatial_size
+        self._warned: set[str] = set()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        for key in self.key_iterator(data):
+            spatial_shape = tuple(int(s) for s in data[key].shape[1:])
+            wanted = ensure_tuple_rep(self.spatial_size, len(spatial_shape))
+            if all(s >= w for s, w in zip(spatial_shape, wanted)):
+                continue
+            meta = getattr(data[key], "meta", {})
+            name = str(meta.get("filename_or_obj", f"<key '{key}'>"))
+            if name not in self._warned:
+                self._warned.add(name)
+                logger.warning(
+                    f"image '{name}' has spatial shape {spatial_shape} after resampling and foreground cropping, "
+                    f"smaller than the crop size {wanted}: it is zero-padded (0 = the bottom of the HU window)."
+                )
+        return data
+
+
+class PerIterationCopyItemsd(CopyItemsd, RandomizableTrait):
+    """
+    ``monai.transforms.CopyItemsd`` that ``CacheDataset``/``PersistentDataset`` do not cache.
+
+    Caching datasets store everything up to the first random transform; a plain ``CopyItemsd`` there would
+    store the copies too, multiplying the cache's memory (or disk) by the number of copies. The
+    ``RandomizableTrait`` marker moves the copy after the cache: the copies are made per iteration.
+    """
+
+
+def ct_preprocessing(
+    keys: Sequence[str] = ("image",),
+    spacing: Sequence[float] = (2.0, 2.0, 2.0),
+    hu_range: Sequence[float] = (-1000.0, 1000.0),
+    roi_size: Sequence[int] = (64, 64, 64),
+    crop_foreground: bool = True,
+    foreground_hu: float = -500.0,
+    margin: int = 2,
+) -> list[Transform]:
+    """
+    Deterministic CT preprocessing: load, RAS, resample, HU window to [0, 1], crop to the body, pad.
+
+    Steps (DESIGN.md section 3, after SMIT and MONAI's SwinUNETR pretraining): ``LoadImaged`` (channel first,
+    float32) -> ``Orientationd("RAS")`` -> ``Spacingd(spacing, bilinear)`` -> ``ScaleIntensityRanged``
+    (``hu_range`` to [0, 1], clipped) -> ``CropForegroundd`` (bounding box of voxels above ``foreground_hu``,
+    plus ``margin``) -> ``SpatialPadd(roi_size)`` (so any crop of ``roi_size`` fits; a warning names each
+    file that needed it) -> ``EnsureTyped`` (float32 ``MetaTensor``).
+
+    Args:
+        keys: image keys; the first one drives the foreground crop. Default ("image",).
+        spacing: output voxel size in mm. Default (2.0, 2.0, 2.0) (papers).
+        hu_range: HU window mapped to [0, 1]. Default (-1000.0, 1000.0): keeps lung (air to bone);
+            SMIT used (-175.0, 250.0) (DESIGN.md section 3, a choice).
+        roi_size: minimal output spatial size, the crop size of the views. Default (64, 64, 64).
+        crop_foreground: crop to the body's bounding box. Default True.
+        foreground_hu: HU above which a voxel is foreground (not air): -500 lies between air (-1000, plus
+            noise) and fat (-100). If below ``hu_range[0]``, everything above the window's bottom is
+            foreground. Default -500.0.
+        margin: voxels kept around the foreground box. Default 2.
+
+    Returns:
+        the list of transforms, for ``monai.transforms.Compose``. Output per key: float32 ``MetaTensor``
+        (1, X, Y, Z) in [0, 1], each spatial size >= ``roi_size``.
+    """
+    keys = list(ensure_tuple(keys))
+    if not keys:
+        raise ValueError("ct_preprocessing needs at least one image key.")
+    a_min, a_max = (float(v) for v in hu_range)
+    if not a_max > a_min:
+        raise ValueError(f"hu_range must be (low, high) with low < high, got {tuple(hu_range)}.")
+    transforms: list[Transform] = [
+        LoadImaged(keys, ensure_channel_first=True, image_only=True, dtype=np.float32),
+        # labels=None: read the axes from the MetaTensor's space (MONAI's coming default; silences its warning)
+        Orientationd(keys, axcodes="RAS", labels=None),
+        Spacingd(keys, pixdim=spacing, mode="bilinear"),
+        ScaleIntensityRanged(keys, a_min=a_min, a_max=a_max, b_min=0.0, b_max=1.0, clip=True),
+    ]
+    if crop_foreground:
+        threshold = float(np.clip((foreground_hu - a_min) / (a_max - a_min), 0.0, 1.0))
+        transforms.append(
+            CropForegroundd(
+                keys,
+                source_key=keys[0],
+                select_fn=functools.partial(above_threshold, threshold=threshold),
+                margin=margin,
+                allow_smaller=True,
+                # no box-coordinate keys: batches should carry only images and their metadata
+                start_coord_key=None,
+                end_coord_key=None,
+            )
+        )
+    transforms += [
+        WarnIfSmallerd(keys, spatial_size=roi_size),
+        SpatialPadd(keys, spatial_size=roi_size),
+        EnsureTyped(keys, data_type="tensor", dtype=torch.float32),
+    ]
+    return transforms
+
+
+def two_view_crops(
+    roi_size: Sequence[int],
+    view_keys: Sequence[str] = ("view_1", "view_2"),
+    source_key: str = "image",
+) -> list[Transform]:
+    """
+    Two (or more) independent random crops of one volume: the views of self-distillation.
+
+    ``source_key`` is copied into each of ``view_keys`` (per iteration, see :py:class:`PerIterationCopyItemsd`),
+    each view gets its own ``RandSpatialCropd(roi_size, random_size=False)``, and only the views are kept
+    (``SelectItemsd``), so datalist extras of any shape (label paths, nodule records) never reach the collate. The views are independent uniform crops: they may or may not overlap
+    (DESIGN.md section 3, a choice; SMIT took two sub-crops of one larger crop).
+
+    Args:
+        roi_size: spatial size of each view; the source must be at least this large (``ct_preprocessing`` pads).
+        view_keys: output keys. Default ("view_1", "view_2").
+        source_key: key of the preprocessed volume. Default "image".
+
+    Returns:
+        the list of transforms. Output per view key: (1, *roi_size).
+    """
+    view_keys = list(ensure_tuple(view_keys))
+    if not view_keys or source_key in view_keys or len(set(view_keys)) != len(view_keys):
+        raise ValueError(
+            f"view_keys must be distinct keys other than source_key '{source_key}', got {tuple(view_keys)}."
+        )
+    transforms: list[Transform] = [PerIterationCopyItemsd(source_key, times=len(view_keys), names=view_keys)]
+    # one transform per view, so each view draws its own crop position
+    transforms += [RandSpatialCropd(view_key, roi_size=roi_size, random_size=False) for view_key in view_keys]
+    transforms.append(SelectItemsd(view_keys))
+    return transforms
+
+
+def pretrain_transforms(
+    roi_size: Sequence[int] = (64, 64, 64),
+    spacing: Sequence[float] = (2.0, 2.0, 2.0),
+    hu_range: Sequence[float] = (-1000.0, 1000.0),
+    view_keys: Sequence[str] = ("view_1", "view_2"),
+) -> Compose:
+    """
+    The pretraining chain: :py:func:`ct_preprocessing` (cacheable) then :py:func:`two_view_crops`.
+
+    Over ``CacheDataset(load_datalist(...), pretrain_transforms(...))`` a ``DataLoader`` yields batches with
+    ``batch["view_1"]`` and ``batch["view_2"]`` of shape (B, 1, *roi_size), float32 in [0, 1].
+
+    Args:
+        roi_size: view size in voxels. Default (64, 64, 64); the papers use (128, 128, 128).
+        spacing: voxel size in mm. Default (2.0, 2.0, 2.0) (papers).
+        hu_range: HU window mapped to [0, 1]. Default (-1000.0, 1000.0).
+        view_keys: output keys of the views. Default ("view_1", "view_2").
+
+    Returns:
+        a ``monai.transforms.Compose`` taking ``{"image": path, ...}``.
+    """
+    return Compose(
+        ct_preprocessing(keys=("image",), spacing=spacing, hu_range=hu_range, roi_size=roi_size)
+        + two_view_crops(roi_size, view_keys=view_keys, source_key="image")
+    )

@@ -1,0 +1,41 @@
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLES = REPO / "bundles"
+
+# every size knob at its smallest, so a bundle run takes seconds on a 2-core CPU
+TINY_PRETRAIN = {
+    "phantom_volumes": 2,
+    "roi_size": [32, 32, 32],
+    "batch_size": 1,
+    "num_epochs": 2,
+    "warmup_epochs": 1,
+    "warmup_teacher_temp_epochs": 1,
+    "head_out_dim": 64,
+    "head_hidden_dim": 32,
+    "head_bottleneck_dim": 16,
+    "num_workers": 0,
+}
+
+
+def cli_overrides(overrides: dict) -> list[str]:
+    """``--key value`` pairs for ``python -m monai.bundle run``."""
+    args = []
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value).replace(" ", "") if isinstance(value, list) else str(value)]
+    return args
+
+
+@pytest.fixture
+def bundle_copy(tmp_path):
+    """A copy of a bundle's configs in tmp_path/<name>, so runs write nowhere in the repository."""
+
+    def make(name: str, under: str = "") -> Path:
+        target = tmp_path / under / name
+        shutil.copytree(BUNDLES / name / "configs", target / "configs")
+        return target
+
+    return make
