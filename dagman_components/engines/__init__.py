@@ -2,6 +2,7 @@
 
 from dagman_components.engines.co_distillation import MASKING_STRATEGIES, CoDistillationTrainer, make_teacher, parameter_groups
 from dagman_components.engines.handlers import (
+    CollapseMonitor,
     EMATeacherUpdate,
     FreezeLastLayer,
     PretrainCheckpoint,
@@ -13,6 +14,7 @@ from dagman_components.engines.handlers import (
 
 __all__ = [
     "CoDistillationTrainer",
+    "CollapseMonitor",
     "EMATeacherUpdate",
     "FreezeLastLayer",
     "MASKING_STRATEGIES",

@@ -23,7 +23,13 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
-from dagman_components.engines.handlers import EMATeacherUpdate, FreezeLastLayer, TeacherTemperatureSchedule, unwrap
+from dagman_components.engines.handlers import (
+    CollapseMonitor,
+    EMATeacherUpdate,
+    FreezeLastLayer,
+    TeacherTemperatureSchedule,
+    unwrap,
+)
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import attention_guided_mask, block_mask, patch_dropout, random_mask, token_mask_to_voxels
 from dagman_components.networks import DAGMaNPretrainModel
@@ -150,6 +156,7 @@ class CoDistillationTrainer(Trainer):
             self.ema,
             TeacherTemperatureSchedule(self.loss_function),
             FreezeLastLayer(student.last_layers(), freeze_last_layer_epochs),
+            CollapseMonitor({name: ce.center.shape[1] for name, ce in self.loss_function.distillation.items()}),
             *(handlers or ()),
         ):
             handler.attach(self)

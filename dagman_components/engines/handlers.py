@@ -16,6 +16,7 @@ from ignite.handlers import Checkpoint, DiskSaver
 from monai.engines.utils import IterationEvents
 
 __all__ = [
+    "CollapseMonitor",
     "EMATeacherUpdate",
     "FreezeLastLayer",
     "PretrainCheckpoint",
@@ -111,6 +112,59 @@ class FreezeLastLayer:
         if engine.state.epoch <= self.epochs:
             for p in self.parameters:
                 p.grad = None
+
+
+class CollapseMonitor:
+    """Warn when a distillation head collapses, from the teacher entropies the trainer logs.
+
+    At every epoch end, for each term in ``out_dims`` (term -> prototypes K): a mean per-sample
+    teacher entropy above ``uniform_fraction * ln K`` is uniform collapse (targets carry no
+    information); H(mean P_t) below ``one_hot_nats`` is one-hot collapse (every sample maps to one
+    prototype). Each kind is reported once per term, with the usual remedies.
+    """
+
+    def __init__(self, out_dims: Mapping[str, int], uniform_fraction: float = 0.98, one_hot_nats: float = 0.1) -> None:
+        self.out_dims = dict(out_dims)
+        self.uniform_fraction = uniform_fraction
+        self.one_hot_nats = one_hot_nats
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.reported: set[tuple[str, str]] = set()
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.accumulate)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.check)
+
+    def accumulate(self, engine: Engine) -> None:
+        output = engine.state.output
+        for term in self.out_dims:
+            for kind in ("mean", "sample"):
+                key = f"teacher_entropy_{kind}_{term}"
+                if isinstance(output, Mapping) and key in output:
+                    self.sums[key] = self.sums.get(key, 0.0) + float(output[key])
+        self.count += 1
+
+    def check(self, engine: Engine) -> None:
+        if self.count:
+            for term, k in self.out_dims.items():
+                sample = self.sums.get(f"teacher_entropy_sample_{term}", math.nan) / self.count
+                mean = self.sums.get(f"teacher_entropy_mean_{term}", math.nan) / self.count
+                if sample > self.uniform_fraction * math.log(k) and (term, "uniform") not in self.reported:
+                    self.reported.add((term, "uniform"))
+                    logger.warning(
+                        f"epoch {engine.state.epoch}: {term.upper()} teacher outputs are near uniform (mean entropy "
+                        f"{sample:.3f} of ln K = {math.log(k):.3f}): uniform collapse, the distillation target carries no "
+                        "information. Usual remedies: more data and larger batches, a higher ema_momentum (0.9995), "
+                        "a longer freeze_last_layer_epochs, a lower lr."
+                    )
+                if mean < self.one_hot_nats and (term, "one_hot") not in self.reported:
+                    self.reported.add((term, "one_hot"))
+                    logger.warning(
+                        f"epoch {engine.state.epoch}: {term.upper()} teacher maps every sample to one prototype "
+                        f"(H(mean P_t) = {mean:.3f}): one-hot collapse. Usual remedies: a higher teacher temperature "
+                        "warm-up start, a higher center_momentum, a lower lr."
+                    )
+        self.sums, self.count = {}, 0
 
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")

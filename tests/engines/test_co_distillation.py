@@ -131,3 +131,30 @@ def test_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "model.pt"]
     saved = torch.load(tmp_path / "model.pt")
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
+
+
+def test_collapse_monitor_warns_on_uniform_and_one_hot_teachers(caplog):
+    from types import SimpleNamespace
+
+    from dagman_components.engines import CollapseMonitor
+
+    monitor = CollapseMonitor({"aitd": 64, "gitd": 64})
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=3, output={
+        "teacher_entropy_sample_aitd": math.log(64) * 0.999, "teacher_entropy_mean_aitd": math.log(64),
+        "teacher_entropy_sample_gitd": 0.01, "teacher_entropy_mean_gitd": 0.01,
+    }))
+    with caplog.at_level("WARNING"):
+        monitor.accumulate(engine)
+        monitor.check(engine)
+        monitor.accumulate(engine)
+        monitor.check(engine)  # reported once only
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 2
+    assert "AITD" in messages[0] and "uniform collapse" in messages[0]
+    assert "GITD" in messages[1] and "one-hot collapse" in messages[1]
+    healthy = CollapseMonitor({"aitd": 64})
+    engine.state.output = {"teacher_entropy_sample_aitd": 2.0, "teacher_entropy_mean_aitd": 3.5}
+    caplog.clear()
+    healthy.accumulate(engine)
+    healthy.check(engine)
+    assert not caplog.records
