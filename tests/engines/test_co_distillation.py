@@ -12,9 +12,10 @@ from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
 ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 tokens
 
 
-def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=True, drop=0.7, handlers=(), **kwargs):
+def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=True, drop=0.7, handlers=(),
+                 use_checkpoint=False, **kwargs):
     torch.manual_seed(0)
-    encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1)
+    encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1, use_checkpoint=use_checkpoint)
     model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, aitd_head=use_sa)
     loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=2)
     data = [{"view_1": torch.rand(2, 1, ROI, ROI, ROI), "view_2": torch.rand(2, 1, ROI, ROI, ROI)} for _ in range(n_batches)]
@@ -158,3 +159,12 @@ def test_collapse_monitor_warns_on_uniform_and_one_hot_teachers(caplog):
     healthy.accumulate(engine)
     healthy.check(engine)
     assert not caplog.records
+
+
+def test_bf16_autocast_and_gradient_checkpointing_train_without_nans():
+    trainer = make_trainer(n_batches=3, amp=True, amp_dtype="bfloat16", use_checkpoint=True)
+    losses = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(e.state.output["loss"]))
+    trainer.run()
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
