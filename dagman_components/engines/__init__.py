@@ -1,6 +1,11 @@
 """Training engines and their handlers."""
 
-from dagman_components.engines.co_distillation import MASKING_STRATEGIES, CoDistillationTrainer, make_teacher, parameter_groups
+from dagman_components.engines.co_distillation import (
+    MASKING_STRATEGIES,
+    CoDistillationTrainer,
+    make_teacher,
+    parameter_groups,
+)
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,

@@ -31,7 +31,13 @@ from dagman_components.engines.handlers import (
     unwrap,
 )
 from dagman_components.losses import DAGMaNLoss
-from dagman_components.masking import attention_guided_mask, block_mask, patch_dropout, random_mask, token_mask_to_voxels
+from dagman_components.masking import (
+    attention_guided_mask,
+    block_mask,
+    patch_dropout,
+    random_mask,
+    token_mask_to_voxels,
+)
 from dagman_components.networks import DAGMaNPretrainModel
 
 __all__ = ["CoDistillationTrainer", "MASKING_STRATEGIES", "make_teacher", "parameter_groups"]

@@ -1,7 +1,12 @@
 """Networks: the semantic-attention Swin encoder and the pretraining wrapper with its heads."""
 
 from dagman_components.networks.pretrain_model import DAGMaNPretrainModel
-from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder, load_encoder_state_dict, swin_unetr_state_dict
+from dagman_components.networks.sa_swin import (
+    EncoderOutput,
+    SASwinEncoder,
+    load_encoder_state_dict,
+    swin_unetr_state_dict,
+)
 from dagman_components.networks.semantic_attention import (
     LayerScaleTransformerBlock,
     SemanticAttention,

@@ -4,7 +4,12 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from dagman_components.engines import CoDistillationTrainer, PretrainCheckpoint, ema_momentum, make_teacher, parameter_groups
+from dagman_components.engines import (
+    CoDistillationTrainer,
+    PretrainCheckpoint,
+    ema_momentum,
+    parameter_groups,
+)
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import attention_guided_mask
 from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
