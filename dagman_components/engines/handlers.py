@@ -257,7 +257,9 @@ class PretrainCheckpoint:
         self._save_encoder(engine)
 
     def save_final(self, engine: Engine) -> None:
-        if engine.state.epoch % self.save_interval:
+        # a resumed run that was already complete ends here too: its checkpoint exists, keep it as it is
+        already_saved = (self.save_dir / f"checkpoint_{engine.state.epoch}.pt").exists()
+        if engine.state.epoch % self.save_interval and not already_saved:
             self.checkpoint(engine)
         self._save_encoder(engine)
 

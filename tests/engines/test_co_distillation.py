@@ -173,3 +173,14 @@ def test_bf16_autocast_and_gradient_checkpointing_train_without_nans():
     trainer.run()
     assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
     assert all(torch.isfinite(p).all() for p in trainer.network.parameters())
+
+
+def test_checkpoint_interval_and_final_save(tmp_path):
+    trainer = make_trainer(n_batches=1, max_epochs=3)
+    checkpoint = PretrainCheckpoint(tmp_path, {"student": trainer.network}, trainer.network.encoder, save_interval=2)
+    checkpoint.attach(trainer)
+    trainer.run()
+    # every 2nd epoch, plus the end of training; the newest two are kept
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_2.pt", "checkpoint_3.pt"]
+    state = torch.load(tmp_path / "checkpoint_3.pt", weights_only=False)
+    assert state["trainer"]["iteration"] == 3 and set(state) >= {"student", "trainer", "checkpointer"}
