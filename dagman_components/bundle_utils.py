@@ -68,7 +68,7 @@ def prepare_dataset(
     datalist: str | None = None,
     phantom_dir: str | None = None,
     phantom_volumes: int = 8,
-    phantom_shape: Sequence[int] = (96, 96, 96),
+    phantom_shape: Sequence[int] = (112, 112, 96),
     seed: int = 0,
     data_list_key: str = "training",
     on_error: str = "raise",
