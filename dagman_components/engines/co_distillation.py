@@ -60,7 +60,7 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith("_token") or "mask_token" in name else decay).append(p)
+        (no_decay if p.ndim <= 1 or name.endswith("_token") else decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -63,7 +63,8 @@ class EMATeacherUpdate:
         if missing:
             raise ValueError(f"teacher parameters without a student counterpart: {missing[:5]}")
         self.teacher_params = [p for _, p in teacher_named]
-        self.student_params = [student_params[name] for name, _ in teacher_named]
+        # detached views share storage with the parameters, so the optimiser's in-place updates show through
+        self.student_params = [student_params[name].detach() for name, _ in teacher_named]
         self.base_momentum = base_momentum
         self.final_momentum = final_momentum
 
@@ -79,7 +80,7 @@ class EMATeacherUpdate:
     def __call__(self, engine: Engine) -> None:
         momentum = self.momentum_at(engine)
         torch._foreach_mul_(self.teacher_params, momentum)
-        torch._foreach_add_(self.teacher_params, [p.detach() for p in self.student_params], alpha=1.0 - momentum)
+        torch._foreach_add_(self.teacher_params, self.student_params, alpha=1.0 - momentum)
 
 
 class TeacherTemperatureSchedule:
