@@ -11,9 +11,13 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-__all__ = ["locate_bundle_root", "prepare_dataset"]
+__all__ = ["METADATA_SCHEMA", "locate_bundle_root", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
+
+#: JSON schema for the bundles' ``metadata.json`` that works offline: ``monai.bundle verify_metadata``
+#: skips its download when ``--filepath`` names an existing file, so pass this path there.
+METADATA_SCHEMA = str(Path(__file__).resolve().parent / "resources" / "bundle_metadata_schema.json")
 
 
 def _config_files_from_argv(argv: Sequence[str]) -> list[str]:

@@ -39,3 +39,20 @@ def bundle_copy(tmp_path):
         return target
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_pretrained_encoder(tmp_path_factory) -> Path:
+    """A ``model.pt`` as ``bundles/pretrain`` writes it (student encoder CPU state dict) at feature_size 12.
+
+    Seeded random weights: downstream bundle tests need the file's format and key names, not a
+    trained encoder, and building it takes a second instead of a pretraining run.
+    """
+    import torch
+
+    from dagman_components.networks import SASwinEncoder
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("pretrained") / "model.pt"
+    torch.save(SASwinEncoder(feature_size=12).state_dict(), path)
+    return path
