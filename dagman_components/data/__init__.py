@@ -4,6 +4,7 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.phantom`: deterministic synthetic CT volumes with organ labels and lung nodules.
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
+- :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
 __all__ = [
@@ -19,9 +21,11 @@ __all__ = [
     "PHANTOM_LABELS",
     "ct_preprocessing",
     "generate_phantom_dataset",
+    "kfold_split",
     "load_datalist",
     "make_phantom_volume",
     "pretrain_transforms",
+    "subset_fraction",
     "two_view_crops",
     "validate_images",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
 from dagman_components.masking import upsample_token_mask
@@ -36,7 +37,7 @@ class EncoderOutput:
         satt: (B, N) head-averaged [CLS] attention, rows sum to 1, or None without SA.
         head_attention: (B, heads, N) per-head [CLS] attention, or None without SA.
         pooled: (B, 16F) average-pooled last stage.
-        grid_size: (d, h, w) of the SA-stage token grid, N = d*h*w.
+        grid_size: the SA-stage token grid per input axis, N = prod(grid_size) (tokens in row-major order).
     """
 
     hidden_states: list[torch.Tensor]
@@ -47,6 +48,24 @@ class EncoderOutput:
     head_attention: torch.Tensor | None
     pooled: torch.Tensor
     grid_size: tuple[int, int, int]
+
+    def attention_volume(self, spatial_size: Sequence[int], per_head: bool = False) -> torch.Tensor:
+        """SATT as an image aligned with the encoder's input (the papers' explanation / localization map).
+
+        Args:
+            spatial_size: (H, W, D) of the encoder input.
+            per_head: False gives the head-averaged map (B, 1, H, W, D); True the per-head maps
+                (B, heads, H, W, D).
+
+        Each SA-stage token covers a block of ``stride`` voxels per axis; trilinear upsampling with
+        ``align_corners=False`` puts each token's value at its block centre, so the map stays aligned.
+        Raises ValueError when the encoder has no SA module (SMIT: no [CLS], no SATT).
+        """
+        attention = self.head_attention if per_head else (None if self.satt is None else self.satt.unsqueeze(1))
+        if attention is None:
+            raise ValueError("this encoder has no semantic attention (use_semantic_attention=False): no SATT map")
+        grid = attention.reshape(*attention.shape[:2], *self.grid_size)
+        return F.interpolate(grid.float(), size=tuple(int(s) for s in spatial_size), mode="trilinear", align_corners=False)
 
 
 class SASwinEncoder(nn.Module):

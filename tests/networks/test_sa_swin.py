@@ -122,3 +122,25 @@ def test_swin_weights_load_into_monai_swin_unetr(encoder):
     assert not result.unexpected_keys
     assert not [k for k in result.missing_keys if k.startswith("swinViT.")]
     assert torch.equal(unetr.swinViT.layers3[0].blocks[0].attn.qkv.weight, encoder.swinViT.layers3[0].blocks[0].attn.qkv.weight)
+
+
+def test_attention_volume_puts_each_token_on_its_voxel_block():
+    encoder = SASwinEncoder(feature_size=12).eval()
+    with torch.no_grad():
+        out = encoder(torch.rand(1, 1, 64, 32, 96))
+    assert out.grid_size == (4, 2, 6)
+    volume = out.attention_volume((64, 32, 96))
+    assert volume.shape == (1, 1, 64, 32, 96)
+    assert out.attention_volume((64, 32, 96), per_head=True).shape == (1, out.head_attention.shape[1], 64, 32, 96)
+    # a one-hot SATT on token (i, j, k) peaks inside voxels [16i, 16i+16) x [16j, ...) x [16k, ...)
+    satt = torch.zeros(1, 48)
+    satt[0, 1 * 12 + 1 * 6 + 4] = 1.0  # token (1, 1, 4) in row-major order of the (4, 2, 6) grid
+    one_hot = out.__class__(**{**out.__dict__, "satt": satt}).attention_volume((64, 32, 96))[0, 0]
+    peak = (one_hot == one_hot.max()).nonzero()
+    assert len(peak) and (peak // 16 == torch.tensor([1, 1, 4])).all()
+
+
+def test_attention_volume_without_semantic_attention_says_so():
+    encoder = SASwinEncoder(feature_size=12, use_semantic_attention=False).eval()
+    with torch.no_grad(), pytest.raises(ValueError, match="no semantic attention"):
+        encoder(torch.rand(1, 1, 32, 32, 32)).attention_volume((32, 32, 32))

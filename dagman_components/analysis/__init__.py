@@ -1,0 +1,3 @@
+"""Analyses of a pretrained encoder that the papers report (clustering, head diversity, localization)."""
+
+__all__: list[str] = []
