@@ -167,10 +167,14 @@ class CoDistillationTrainer(Trainer):
         ):
             handler.attach(self)
 
+    def make_grad_scaler(self) -> torch.amp.GradScaler | None:
+        """A GradScaler for fp16 autocast on CUDA; None otherwise (bf16 and fp32 need none)."""
+        use_scaler = self.amp and self.amp_dtype == torch.float16 and self.state.device.type == "cuda"
+        return torch.amp.GradScaler("cuda") if use_scaler else None
+
     def run(self) -> None:  # type: ignore[override]
         """Train; a run restored from a checkpoint continues from its epoch/iteration."""
-        use_scaler = self.amp and self.amp_dtype == torch.float16 and self.state.device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.scaler = self.make_grad_scaler()
         super(Trainer, self).run()
 
     def _autocast(self) -> torch.autocast:

@@ -45,7 +45,7 @@ def ema_momentum(iteration: int, total_iterations: int, base: float = 0.996, fin
 
 
 class EMATeacherUpdate:
-    """After every iteration: ``teacher <- m teacher + (1 - m) student`` with fused ``torch._foreach`` ops.
+    """After every iteration: ``teacher <- m teacher + (1 - m) student`` as one fused ``torch._foreach_lerp_``.
 
     Parameters are paired by name, so the teacher may lack student-only heads (AMIP).
 
@@ -78,9 +78,8 @@ class EMATeacherUpdate:
 
     @torch.no_grad()
     def __call__(self, engine: Engine) -> None:
-        momentum = self.momentum_at(engine)
-        torch._foreach_mul_(self.teacher_params, momentum)
-        torch._foreach_add_(self.teacher_params, self.student_params, alpha=1.0 - momentum)
+        # teacher + (1 - m)(student - teacher) = m teacher + (1 - m) student, one fused pass over all tensors
+        torch._foreach_lerp_(self.teacher_params, self.student_params, 1.0 - self.momentum_at(engine))
 
 
 class TeacherTemperatureSchedule:

@@ -1,0 +1,54 @@
+"""The benchmark's plumbing on a tiny configuration (its figures are reported from real runs, never asserted)."""
+
+import json
+
+import pytest
+from monai.bundle import ConfigParser
+
+from dagman_components.benchmark import BenchmarkConfig, main, peak_step_memory
+
+from .bundles.conftest import BUNDLES
+
+TINY = dict(roi_size=32, feature_size=12, head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16,
+            iterations=2, warmup=1, data_batches=2, phantom_volumes=2)
+
+
+def test_defaults_are_the_pretrain_bundle_defaults():
+    config = ConfigParser.load_config_file(BUNDLES / "pretrain" / "configs" / "train.yaml")
+    defaults = BenchmarkConfig()
+    assert [defaults.roi_size] * 3 == config["roi_size"]
+    for key in ("batch_size", "feature_size", "head_out_dim", "head_hidden_dim", "head_bottleneck_dim", "amp",
+                "amp_dtype", "use_checkpoint", "num_workers", "fused_optimizer"):
+        assert getattr(defaults, key) == config[key], key
+    assert list(defaults.depths) == config["depths"] and list(defaults.num_heads) == config["num_heads"]
+
+
+@pytest.mark.slow
+def test_writes_every_documented_figure(tmp_path, capsys):
+    output = tmp_path / "bench.json"
+    result = main(**TINY, memory=False, output=str(output))
+    saved = json.loads(output.read_text())
+    assert saved["ratio_dagman_to_lower_bound"] == pytest.approx(result["ratio_dagman_to_lower_bound"])
+    for name in ("lower_bound", "dagman", "smit"):
+        row = saved["variants"][name]
+        assert len(row["times_s"]) == 2 and row["median_s_per_iteration"] > 0
+        assert row["volumes_per_s"] == pytest.approx(2 / row["median_s_per_iteration"])
+    rows = saved["variants"]
+    assert saved["ratio_dagman_to_smit"] == pytest.approx(
+        rows["dagman"]["median_s_per_iteration"] / rows["smit"]["median_s_per_iteration"])
+    assert saved["data_to_step_throughput"] == pytest.approx(saved["data_volumes_per_s"] / rows["dagman"]["volumes_per_s"])
+    table = capsys.readouterr().out
+    assert "ratio DAGMaN / lower bound" in table and "data / step throughput" in table
+
+
+@pytest.mark.slow
+def test_gradient_checkpointing_lowers_the_measured_peak():
+    small = {**TINY, "roi_size": 64, "depths": (2, 2, 2, 2)}
+    without = peak_step_memory(BenchmarkConfig(**small), "dagman")
+    with_checkpointing = peak_step_memory(BenchmarkConfig(**small, use_checkpoint=True), "dagman")
+    assert 0 < with_checkpointing < without
+
+
+def test_bad_roi_is_refused():
+    with pytest.raises(ValueError, match="multiple of 32"):
+        main(roi_size=48)
