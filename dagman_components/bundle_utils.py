@@ -11,13 +11,36 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-__all__ = ["METADATA_SCHEMA", "locate_bundle_root", "prepare_dataset"]
+__all__ = ["METADATA_SCHEMA", "as_bool", "locate_bundle_root", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
 #: JSON schema for the bundles' ``metadata.json`` that works offline: ``monai.bundle verify_metadata``
 #: skips its download when ``--filepath`` names an existing file, so pass this path there.
 METADATA_SCHEMA = str(Path(__file__).resolve().parent / "resources" / "bundle_metadata_schema.json")
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off", "none", "")
+
+
+def as_bool(value: object, name: str = "value") -> bool:
+    """A config flag as a bool, whether it came from YAML (``false``) or the command line.
+
+    ``python -m monai.bundle run ... --resume false`` hands the *string* ``"false"`` to the config (the
+    command-line parser only turns ``False``/``True`` into bools), and a non-empty string is truthy; so
+    every flag a user may set on the command line goes through here. Raises ValueError naming ``name``
+    for anything that is not a recognisable boolean.
+    """
+    if isinstance(value, bool):
+        return value
+    if value is None:
+        return False
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
 def _config_files_from_argv(argv: Sequence[str]) -> list[str]:

@@ -1,8 +1,9 @@
 from pathlib import Path
 
 import pytest
+import torch
 
-from dagman_components.bundle_utils import locate_bundle_root, prepare_dataset
+from dagman_components.bundle_utils import as_bool, locate_bundle_root, prepare_dataset
 
 
 @pytest.fixture
@@ -48,3 +49,20 @@ def test_default_dataset_is_generated_once_and_user_folders_are_checked(tmp_path
         prepare_dataset(str(empty), None, phantom_dir=str(phantom))
     # a user folder is read as it is, never filled with phantoms
     assert not any(empty.iterdir())
+
+
+@pytest.mark.parametrize("value, expected", [(True, True), ("false", False), ("False", False), ("true", True),
+                                             ("0", False), (1, True), (None, False), ("no", False)])
+def test_as_bool_reads_command_line_flags(value, expected):
+    assert as_bool(value) is expected
+
+
+def test_as_bool_names_the_flag():
+    with pytest.raises(ValueError, match="resume must be true or false, got 'maybe'"):
+        as_bool("maybe", "resume")
+
+
+def test_resume_false_from_the_command_line_does_not_resume(tmp_path):
+    from dagman_components.engines import PretrainCheckpoint
+
+    assert PretrainCheckpoint(str(tmp_path), {}, encoder=torch.nn.Linear(1, 1), resume="false").resume is False

@@ -23,6 +23,7 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
+from dagman_components.bundle_utils import as_bool
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
@@ -133,6 +134,7 @@ class CoDistillationTrainer(Trainer):
             raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}.")
         if len(view_keys) != 2:
             raise ValueError(f"co-distillation needs two views, got view_keys={view_keys}.")
+        amp = as_bool(amp, "amp")
         super().__init__(
             device=device,
             max_epochs=max_epochs,

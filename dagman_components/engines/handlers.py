@@ -15,6 +15,8 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.engines.utils import IterationEvents
 
+from dagman_components.bundle_utils import as_bool
+
 __all__ = [
     "CollapseMonitor",
     "EMATeacherUpdate",
@@ -214,7 +216,7 @@ class PretrainCheckpoint:
         self.objects = dict(objects)
         self.encoder = encoder
         self.save_interval = max(1, int(save_interval))
-        self.resume = resume
+        self.resume = as_bool(resume, "resume")
         self.model_path = self.save_dir / model_filename
         self.n_saved = n_saved
         self.checkpoint: Checkpoint | None = None

@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
+from dagman_components.bundle_utils import as_bool
 from dagman_components.masking import upsample_token_mask
 from dagman_components.networks.semantic_attention import SemanticAttention
 
@@ -112,6 +113,10 @@ class SASwinEncoder(nn.Module):
         use_checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        # flags may arrive as "false" strings from `monai.bundle run --key false`
+        use_semantic_attention = as_bool(use_semantic_attention, "use_semantic_attention")
+        sa_inline = as_bool(sa_inline, "sa_inline")
+        use_checkpoint = as_bool(use_checkpoint, "use_checkpoint")
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"depths and num_heads need 4 stages, got depths={depths}, num_heads={num_heads}.")
         if sa_stage not in (1, 2, 3, 4):
