@@ -21,7 +21,7 @@ METADATA_SCHEMA = str(Path(__file__).resolve().parent / "resources" / "bundle_me
 
 
 _TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off", "none", "")
+_FALSE = ("false", "0", "no", "off", "none", "null", "")
 
 
 def as_bool(value: object, name: str = "value") -> bool:

@@ -5,6 +5,7 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
+- :py:mod:`.classification`: classification datalists (JSON/CSV), phantom nodule and response tasks, transforms.
 - :py:mod:`.organs`: OrganMNIST3D `.npz`, NIfTI+CSV organ lists, and organ cubes cropped from CT label maps.
 - :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
   ``python -m dagman_components.data.lidc``; pylidc is optional).
@@ -14,6 +15,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from .classification import (
+    NODULE_CLASSES,
+    RESPONSE_CLASSES,
+    classification_postprocessing,
+    classification_transforms,
+    generate_nodule_dataset,
+    generate_response_dataset,
+    load_classification_datalist,
+    prepare_classification_data,
+)
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
 from .organs import (
     ORGANMNIST3D_LABELS,
@@ -39,6 +50,14 @@ __all__ = [
     "load_organmnist3d",
     "organ_transforms",
     "prepare_organ_data",
+    "NODULE_CLASSES",
+    "RESPONSE_CLASSES",
+    "classification_postprocessing",
+    "classification_transforms",
+    "generate_nodule_dataset",
+    "generate_response_dataset",
+    "load_classification_datalist",
+    "prepare_classification_data",
     "DEFAULT_EXCLUDE",
     "NIFTI_SUFFIXES",
     "PHANTOM_LABELS",

@@ -1,5 +1,11 @@
 """Networks: the semantic-attention Swin encoder and the pretraining wrapper with its heads."""
 
+from dagman_components.networks.classifier import (
+    AttentionInferer,
+    BinaryClassificationLoss,
+    SAClassifier,
+    save_cpu_state_dict,
+)
 from dagman_components.networks.pretrain_model import DAGMaNPretrainModel
 from dagman_components.networks.sa_swin import (
     EncoderOutput,
@@ -14,6 +20,10 @@ from dagman_components.networks.semantic_attention import (
 )
 
 __all__ = [
+    "AttentionInferer",
+    "BinaryClassificationLoss",
+    "SAClassifier",
+    "save_cpu_state_dict",
     "DAGMaNPretrainModel",
     "EncoderOutput",
     "LayerScaleTransformerBlock",
