@@ -5,8 +5,6 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
-- :py:mod:`.classification`: classification datalists (JSON/CSV), phantom nodule and response tasks, transforms.
-- :py:mod:`.organs`: OrganMNIST3D `.npz`, NIfTI+CSV organ lists, and organ cubes cropped from CT label maps.
 - :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
   ``python -m dagman_components.data.lidc``; pylidc is optional).
 """
@@ -37,6 +35,7 @@ from .organs import (
     organ_transforms,
     prepare_organ_data,
 )
+from .segmentation import MetaSafeSpacingd, SegmentationTargetd, case_folder_datalist, segmentation_datalist
 from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
@@ -58,6 +57,10 @@ __all__ = [
     "generate_response_dataset",
     "load_classification_datalist",
     "prepare_classification_data",
+    "MetaSafeSpacingd",
+    "SegmentationTargetd",
+    "case_folder_datalist",
+    "segmentation_datalist",
     "DEFAULT_EXCLUDE",
     "NIFTI_SUFFIXES",
     "PHANTOM_LABELS",

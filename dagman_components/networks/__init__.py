@@ -13,6 +13,7 @@ from dagman_components.networks.sa_swin import (
     load_encoder_state_dict,
     swin_unetr_state_dict,
 )
+from dagman_components.networks.segmentation import SASwinUNETR
 from dagman_components.networks.semantic_attention import (
     LayerScaleTransformerBlock,
     SemanticAttention,
@@ -28,6 +29,7 @@ __all__ = [
     "EncoderOutput",
     "LayerScaleTransformerBlock",
     "SASwinEncoder",
+    "SASwinUNETR",
     "SemanticAttention",
     "SemanticAttentionOutput",
     "load_encoder_state_dict",
