@@ -127,13 +127,6 @@ class SAClassifier(nn.Module):
         """Load the pretrain bundle's encoder weights (strict: every key and shape must match)."""
         if path is None:
             raise ValueError("pretrained=True needs pretrained_path (the pretrain bundle's models/model.pt).")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"pretrained encoder checkpoint not found: {path}. Run bundles/pretrain first "
-                "(python -m monai.bundle run --config_file bundles/pretrain/configs/train.yaml), point "
-                "--pretrained_path to an encoder model.pt, or train from scratch with --pretrained false."
-            )
         load_encoder_state_dict(self.encoder, path, strict=True)
 
     def train(self, mode: bool = True) -> SAClassifier:

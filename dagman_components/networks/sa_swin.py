@@ -234,6 +234,13 @@ class SASwinEncoder(nn.Module):
         return self
 
 
+#: what to tell a user whose pretrained encoder file is missing
+PRETRAINED_HINT = (
+    "Run bundles/pretrain first (python -m monai.bundle run --config_file bundles/pretrain/configs/train.yaml), "
+    "point --pretrained_path to an encoder model.pt, or set --pretrained false (encoder from scratch)"
+)
+
+
 def _unwrap_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for key in ("encoder", "model", "state_dict", "student"):
@@ -255,7 +262,7 @@ def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool =
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained encoder checkpoint not found: {path}")
+        raise FileNotFoundError(f"pretrained encoder checkpoint not found: {path}; {PRETRAINED_HINT}.")
     state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
     own = encoder.state_dict()
     missing = sorted(set(own) - set(state))

@@ -25,13 +25,6 @@ __all__ = ["SASwinUNETR"]
 
 logger = logging.getLogger(__name__)
 
-#: what to tell a user whose pretrained encoder file is missing
-PRETRAINED_HINT = (
-    "run bundles/pretrain first (python -m monai.bundle run --config_file bundles/pretrain/configs/train.yaml), "
-    "point --pretrained_path to an encoder model.pt, or set --pretrained False (encoder from scratch)"
-)
-
-
 class SASwinUNETR(nn.Module):
     """Semantic-attention Swin encoder (optionally pretrained) + SwinUNETR decoder -> per-voxel logits.
 
@@ -158,9 +151,6 @@ class SASwinUNETR(nn.Module):
         """
         if path is None:
             raise ValueError("pretrained=True needs pretrained_path (the pretrain bundle's models/model.pt).")
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"pretrained encoder checkpoint not found: {path}; {PRETRAINED_HINT}.")
         load_encoder_state_dict(self.encoder, path, strict=True)
         logger.info(f"loaded the pretrained encoder from {path}")
         return self

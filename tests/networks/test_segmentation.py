@@ -42,7 +42,7 @@ def test_pretrained_weights_are_loaded(encoder_file):
 
 def test_missing_and_mismatched_checkpoints_are_named(tmp_path, encoder_file):
     missing = tmp_path / "pretrain" / "models" / "model.pt"
-    with pytest.raises(FileNotFoundError, match=r"pretrain/models/model\.pt.*run bundles/pretrain first.*--pretrained False"):
+    with pytest.raises(FileNotFoundError, match=r"pretrain/models/model\.pt.*Run bundles/pretrain first.*--pretrained false"):
         SASwinUNETR(pretrained=True, pretrained_path=missing, **TINY)
     with pytest.raises(ValueError, match="needs pretrained_path"):
         SASwinUNETR(pretrained=True, pretrained_path=None, **TINY)
