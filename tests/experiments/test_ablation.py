@@ -1,0 +1,161 @@
+"""The ablation runner: variant table, aggregation, resume from the cache, and a tiny end-to-end run."""
+
+import json
+import math
+import time
+
+import pytest
+
+from dagman_components.experiments import ablation as abl
+from dagman_components.experiments.ablation import (
+    GROUPS,
+    VARIANTS,
+    AblationBudget,
+    Paths,
+    aggregate,
+    run_ablation,
+    units,
+    write_report,
+    write_result,
+)
+
+# every size knob at its smallest: 2 phantoms, 32^3 crops, one epoch, tiny heads and evaluation sets
+TINY = AblationBudget(
+    seeds=1, sweep_seeds=1, roi_size=32, batch_size=1, pretrain_epochs=1, pretrain_phantoms=2,
+    use_real_pretraining=False, head_out_dim=64, head_hidden_dim=32, head_bottleneck_dim=16, nodule_volumes=3,
+    ft_epochs=1, organ_volumes=1, crops_per_organ=2, organ_image_size=32, head_diversity_volumes=1,
+)
+
+
+def test_variant_table_switches_the_papers_components():
+    smit, sa, nt, dagman = (VARIANTS[v] for v in GROUPS["core"])
+    assert smit == {"masking": "random", "use_semantic_attention": False, "aitd_weight": 0.0,
+                    "teacher_drop_ratio": 0.0}
+    assert sa == {"teacher_drop_ratio": 0.0}  # attention-guided masking (bundle default), clean teacher
+    assert nt["masking"] == "random" and nt["use_semantic_attention"] is False and "teacher_drop_ratio" not in nt
+    assert dagman == {}  # the bundle's defaults are DAGMaN's
+    for term in ("ampd", "aitd", "gitd", "amip"):
+        assert VARIANTS[f"DAGMaN w/o {term.upper()}"] == {f"{term}_weight": 0.0}
+    pdr = [abl.variant_setting(v, "teacher_drop_ratio", 0.7) for v in GROUPS["pdr"]]
+    assert pdr == [0.0, 0.3, 0.5, 0.7, 0.9]
+    assert [abl.variant_setting(v, "sa_stage", 3) for v in GROUPS["sa_stage"]] == [1, 2, 3, 4]
+    # the overrides are keys of the pretrain bundle's config
+    from monai.bundle import ConfigParser
+
+    config = ConfigParser.load_config_file(str(abl.BUNDLES_DIR / "pretrain" / "configs" / "train.yaml"))
+    for overrides in VARIANTS.values():
+        assert set(overrides) <= set(config), overrides
+    assert abl.papers_feature("SMIT") == "pooled" and abl.papers_feature("DAGMaN") == "cls"
+
+
+def test_units_share_variants_across_groups_and_limit_sweep_seeds():
+    budget = AblationBudget(seeds=3, sweep_seeds=2)
+    todo = units(list(GROUPS), budget)
+    pairs = [(v, s) for v, s, _ in todo]
+    assert len(pairs) == len(set(pairs))
+    assert {s for v, s in pairs if v == "DAGMaN"} == {0, 1, 2}
+    assert {s for v, s in pairs if v == "PDR 0.3"} == {0, 1}
+    assert len(pairs) == 4 * 3 + (len(VARIANTS) - 4) * 2
+    with pytest.raises(ValueError, match="unknown group"):
+        units(["nope"], budget)
+
+
+def test_aggregate_mean_and_sample_std():
+    records = [{"variant": "A", "metrics": {"auc": v}} for v in (0.6, 0.7, 0.8)]
+    records += [{"variant": "B", "metrics": {"auc": 0.5, "dice": float("nan")}},
+                {"variant": "B", "metrics": {"auc": None, "dice": 0.25}}]
+    summary = aggregate(records)
+    assert summary["A"]["auc"]["mean"] == pytest.approx(0.7)
+    assert summary["A"]["auc"]["std"] == pytest.approx(0.1)  # ddof=1 over seeds
+    assert summary["A"]["auc"]["n"] == 3
+    assert summary["B"]["auc"] == {"mean": 0.5, "std": None, "n": 1, "values": [0.5, pytest.approx(math.nan, nan_ok=True)]}
+    assert summary["B"]["dice"]["mean"] == 0.25
+    assert abl.format_mean_std(summary["A"]["auc"]) == "0.700 +- 0.100"
+    assert abl.format_mean_std(summary["B"]["auc"]) == "0.500 (n=1)"
+    assert abl.format_mean_std(None) == "-"
+
+
+def test_budget_fingerprint_ignores_seed_counts_only():
+    assert AblationBudget(seeds=1).fingerprint() == AblationBudget(seeds=5, sweep_seeds=1).fingerprint()
+    assert AblationBudget(pretrain_epochs=2).fingerprint() != AblationBudget(pretrain_epochs=3).fingerprint()
+
+
+def test_resume_skips_cached_results(tmp_path, monkeypatch):
+    budget = TINY
+    paths = Paths(tmp_path.resolve(), None)
+    calls = []
+
+    def fake_pretrain(variant, seed, paths_, budget_, datalist, resume):
+        calls.append(("pretrain", variant, seed))
+        paths_.encoder(variant, seed).parent.mkdir(parents=True, exist_ok=True)
+        paths_.encoder(variant, seed).write_bytes(b"weights")
+        return {"metrics": {"iterations": 2}, "wall_s": 0.0}
+
+    def fake_task(variant, seed, paths_, budget_, out_dir):
+        calls.append(("nodule_lp", variant, seed))
+        return {"metrics": {"lp_auc": 0.5}}
+
+    monkeypatch.setattr(abl, "pretrain", fake_pretrain)
+    monkeypatch.setattr(abl, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
+    monkeypatch.setitem(abl.TASK_FUNCTIONS, "nodule_lp", fake_task)
+    run_ablation(tmp_path, budget, groups=["core"], tasks=["nodule_lp"], real_data=None)
+    assert len(calls) == 8  # 4 variants x (pretrain + task)
+    # a cached result of another budget is not reused; the others are
+    stale = json.loads(paths.result("SMIT", 0, "nodule_lp").read_text())
+    write_result(paths.result("SMIT", 0, "nodule_lp"), {**stale, "budget": "other"})
+    calls.clear()
+    result = run_ablation(tmp_path, budget, groups=["core"], tasks=["nodule_lp"], real_data=None, resume=True)
+    assert calls == [("nodule_lp", "SMIT", 0)]
+    assert len(result["records"]) == 8
+    # without --resume everything runs again
+    calls.clear()
+    run_ablation(tmp_path, budget, groups=["core"], tasks=["nodule_lp"], real_data=None)
+    assert len(calls) == 8
+
+
+def test_real_data_tasks_skip_with_a_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr(abl, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
+    result = run_ablation(tmp_path, TINY, groups=[], tasks=["localization", "segmentation"],
+                          real_data=tmp_path / "no_such_folder")
+    assert set(result["skipped"]) == {"localization", "segmentation"}
+    assert "absent" in result["skipped"]["localization"]
+    files = write_report(result["records"], tmp_path / "out", TINY, tmp_path, None, "cmd", 1.0,
+                         skipped=result["skipped"], groups=[])
+    text = files["markdown"].read_text()
+    assert "`localization`: real data folder" in text and "Not run:" in text
+
+
+@pytest.mark.slow
+def test_tiny_suite_end_to_end(tmp_path):
+    start = time.perf_counter()
+    groups = {"core": ("SMIT", "DAGMaN")}
+    tasks = ["nodule_lp", "nodule_ft", "organs_phantom", "head_diversity"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(abl.GROUPS, "core", groups["core"])
+        result = run_ablation(tmp_path / "work", TINY, groups=["core"], tasks=tasks, real_data=None)
+        files = write_report(result["records"], tmp_path / "out", TINY, tmp_path / "work", None,
+                             "python -m dagman_components.experiments ablation", time.perf_counter() - start,
+                             skipped=result["skipped"], groups=["core"])
+    records = {(r["variant"], r["task"]): r for r in result["records"]}
+    assert set(records) == {(v, t) for v in groups["core"] for t in ["pretrain"] + tasks}
+    # equal budget: both variants ran the same number of iterations
+    assert records[("SMIT", "pretrain")]["metrics"]["iterations"] == records[("DAGMaN", "pretrain")]["metrics"]["iterations"] == 2
+    for variant in groups["core"]:
+        lp = records[(variant, "nodule_lp")]["metrics"]
+        assert 0.0 <= lp["lp_auc"] <= 1.0 and 0.0 <= lp["lp_auc_pooled"] <= 1.0
+        assert 0.0 <= records[(variant, "nodule_ft")]["metrics"]["ft_auc"] <= 1.0
+        organs = records[(variant, "organs_phantom")]["metrics"]
+        assert organs["organs_phantom_inter"] > 0 and organs["organs_phantom_intra"] > 0
+        assert any(k.startswith("hd_stage1") for k in records[(variant, "head_diversity")]["metrics"])
+    assert records[("SMIT", "nodule_lp")]["feature"] == "pooled" and records[("DAGMaN", "nodule_lp")]["feature"] == "cls"
+    # the encoders differ (SMIT has no SA module)
+    dagman = abl.load_encoder("DAGMaN", 0, Paths((tmp_path / "work").resolve(), None), TINY)
+    assert dagman.semantic_attention is not None
+    text = files["markdown"].read_text()
+    assert "| metric | SMIT | DAGMaN |" in text and "0.895 (LIDC)" in text and "iterations per run" in text
+    assert (tmp_path / "out" / "ablation_core.png").is_file()
+    assert (tmp_path / "out" / "ablation_head_diversity.png").is_file()
+    rows = files["csv"].read_text().splitlines()
+    assert rows[0].startswith("variant,metric") and any(r.startswith("DAGMaN,lp_auc,") for r in rows)
+    saved = json.loads(files["json"].read_text())
+    assert saved["summary"]["DAGMaN"]["lp_auc"]["n"] == 1
