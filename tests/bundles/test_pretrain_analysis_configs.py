@@ -7,9 +7,9 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigWorkflow
+from monai.bundle import ConfigParser, ConfigWorkflow
 
-from .conftest import cli_overrides
+from .conftest import BUNDLES, cli_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -95,3 +95,13 @@ def test_export_attention_matches_the_input_grid(bundle_copy, tumour_dataset, ti
         assert saved.shape == (40, 36, 24, 8)
         np.testing.assert_allclose(saved.affine, AFFINE, atol=1e-5)
         assert np.isfinite(saved.get_fdata()).all()
+
+
+@pytest.mark.parametrize("config", ["head_diversity.yaml", "zero_shot_localization.yaml", "export_attention.yaml"])
+@pytest.mark.parametrize("flag, name", [("false", "random_init"), ("False", "random_init"), ("true", "pretrained")])
+def test_pretrained_flag_from_the_command_line(config, flag, name):
+    # `monai.bundle run --pretrained false` hands the config the string "false"
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "pretrain" / "configs" / config))
+    parser["pretrained"] = flag
+    assert parser.get_parsed_content("name") == name
