@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -219,6 +220,7 @@ PAPER_COLUMN = "paper (theirs, LIDC / OrganMNIST3D / SMART tumours)"
 METRICS: tuple[Metric, ...] = tuple(
     Metric(key, task, label, better, PAPER_RESULTS.get(key, {}))
     for key, task, label, better in (
+        ("encoder_drift", "pretrain", "encoder weights, relative L2 change from initialisation by pretraining", None),
         ("lp_auc", "nodule_lp", "nodule malignancy, linear probe AUC (100 %)", True),
         ("lp_auc_25", "nodule_lp", "nodule malignancy, linear probe AUC (25 %)", True),
         ("lp_auc_pooled", "nodule_lp", "nodule malignancy, linear probe AUC on pooled stage 4 (100 %)", True),
@@ -396,27 +398,19 @@ def _workflow(config_file: Path, overrides: Mapping[str, Any]):
     )
 
 
-def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, datalist: Path, resume: bool) -> dict:
-    """Run ``bundles/pretrain/configs/train.yaml`` for (variant, seed); returns the run's record.
+def _pretrain_workflow(variant: str, seed: int, paths: Paths, budget: AblationBudget, datalist: Path,
+                       continue_run: bool, output_dir: Path | None = None):
+    """The pretrain bundle's workflow of (variant, seed), initialised and with its trainer built (not run).
 
-    The deterministic preprocessing is cached on disk once for all variants (``PersistentDataset`` in
-    ``work_dir/data/cache``) instead of the bundle's in-memory ``CacheDataset``: same transforms, same
-    items, loaded once instead of once per run. With ``resume`` an interrupted run continues from its
-    newest checkpoint (the bundle's ``--resume``).
+    The trainer is built here, before anything runs, so that the network is created in the same order of
+    random draws in :py:func:`pretrain` and in :py:func:`initial_encoder_state`.
     """
-    from dagman_components.engines import latest_checkpoint
-
-    output_dir = paths.unit(variant, seed) / "pretrain"
-    ckpt_dir = output_dir / "models"
-    continue_run = bool(resume and ckpt_dir.is_dir() and latest_checkpoint(ckpt_dir) is not None)
-    if ckpt_dir.is_dir() and not continue_run:
-        shutil.rmtree(ckpt_dir)
     overrides = {
         **pretrain_overrides(budget),
         **VARIANTS[variant],
         "seed": seed,
         "bundle_root": str(BUNDLES_DIR / "pretrain"),
-        "output_dir": str(output_dir),
+        "output_dir": str(output_dir or paths.unit(variant, seed) / "pretrain"),
         "phantom_dir": str(paths.data / "pretrain_phantoms"),
         "dataset_dir": str(paths.data),
         "datalist": str(datalist),
@@ -428,22 +422,87 @@ def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, data
             "cache_dir": str(paths.data / "cache" / f"pretrain_{budget.roi_size}"),
         },
     }
-    start = time.perf_counter()
     workflow = _workflow(BUNDLES_DIR / "pretrain" / "configs" / "train.yaml", overrides)
     workflow.initialize()
+    workflow.parser.get_parsed_content("train::trainer")
+    return workflow, {k: v for k, v in overrides.items() if k != "train::dataset"}
+
+
+def _encoder_state(workflow) -> dict[str, torch.Tensor]:
+    from dagman_components.engines import unwrap
+
+    network = workflow.parser.get_parsed_content("network")
+    return {k: v.detach().cpu().clone() for k, v in unwrap(network).encoder.state_dict().items()}
+
+
+def relative_change(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
+    """``||state - reference|| / ||reference||`` over every floating-point tensor of ``reference`` (L2 norm).
+
+    Raises:
+        KeyError: a tensor of ``reference`` is missing from ``state``.
+    """
+    missing = [k for k in reference if k not in state]
+    if missing:
+        raise KeyError(f"state lacks {len(missing)} tensors of the reference, e.g. {missing[:3]}")
+    change = sum(float(((state[k].double() - v.double()) ** 2).sum()) for k, v in reference.items() if v.is_floating_point())
+    norm = sum(float((v.double() ** 2).sum()) for v in reference.values() if v.is_floating_point())
+    return math.sqrt(change / norm)
+
+
+def initial_encoder_state(variant: str, seed: int, paths: Paths, budget: AblationBudget) -> dict[str, torch.Tensor]:
+    """The encoder weights (variant, seed) started pretraining from, rebuilt from the bundle and the seed.
+
+    The bundle seeds everything (``set_determinism(seed)``) before it builds the network, so building the same
+    workflow again gives the same initial weights; nothing is trained or read from the pretraining data.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:  # its handlers create log and checkpoint folders
+        workflow, _ = _pretrain_workflow(variant, seed, paths, budget, paths.data / "pretrain_datalist.json", False,
+                                         output_dir=Path(scratch))
+        return _encoder_state(workflow)
+
+
+def encoder_drift(variant: str, seed: int, paths: Paths, budget: AblationBudget) -> float:
+    """Relative L2 change of the pretrained encoder of (variant, seed) from its initial weights.
+
+    How far pretraining moved the encoder: a value of a few percent means that the evaluations mostly
+    measure the architecture and its random initialisation, not what pretraining learnt.
+    """
+    trained = torch.load(paths.encoder(variant, seed), map_location="cpu", weights_only=True)
+    return relative_change(trained, initial_encoder_state(variant, seed, paths, budget))
+
+
+def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, datalist: Path, resume: bool) -> dict:
+    """Run ``bundles/pretrain/configs/train.yaml`` for (variant, seed); returns the run's record.
+
+    The deterministic preprocessing is cached on disk once for all variants (``PersistentDataset`` in
+    ``work_dir/data/cache``) instead of the bundle's in-memory ``CacheDataset``: same transforms, same
+    items, loaded once instead of once per run. With ``resume`` an interrupted run continues from its
+    newest checkpoint (the bundle's ``--resume``). The record's ``encoder_drift`` is the relative change of
+    the saved encoder from the weights the run started from (:py:func:`relative_change`).
+    """
+    from dagman_components.engines import latest_checkpoint
+
+    ckpt_dir = paths.unit(variant, seed) / "pretrain" / "models"
+    continue_run = bool(resume and ckpt_dir.is_dir() and latest_checkpoint(ckpt_dir) is not None)
+    if ckpt_dir.is_dir() and not continue_run:
+        shutil.rmtree(ckpt_dir)
+    start = time.perf_counter()
+    workflow, overrides = _pretrain_workflow(variant, seed, paths, budget, datalist, continue_run)
+    initial = _encoder_state(workflow)
     workflow.run()
     state = workflow.parser.get_parsed_content("train::trainer").state
     output = {k: float(v) for k, v in (state.output or {}).items() if isinstance(v, (int, float))}
     if not paths.encoder(variant, seed).is_file():
         raise RuntimeError(f"pretraining of {variant!r} seed {seed} wrote no encoder at {paths.encoder(variant, seed)}")
-    return {
-        "metrics": {"iterations": int(state.iteration), "epochs": int(state.epoch),
-                    "final_loss": output.get("loss", math.nan)},
-        "final_output": output,
-        "overrides": {k: v for k, v in overrides.items() if k != "train::dataset"},
-        "resumed": continue_run,
-        "wall_s": time.perf_counter() - start,
-    }
+    wall_s = time.perf_counter() - start
+    metrics = {"iterations": int(state.iteration), "epochs": int(state.epoch), "final_loss": output.get("loss", math.nan)}
+    if not continue_run:  # a resumed run starts from a checkpoint, not from the initial weights
+        trained = torch.load(paths.encoder(variant, seed), map_location="cpu", weights_only=True)
+        metrics["encoder_drift"] = relative_change(trained, initial)
+    return {"metrics": metrics, "final_output": output, "overrides": overrides, "resumed": continue_run,
+            "wall_s": wall_s}
 
 
 # ---- evaluations -------------------------------------------------------------------------------------------------
@@ -796,6 +855,9 @@ def run_ablation(
             # a new encoder invalidates the evaluations of the old one
             for task in TASKS:
                 paths.result(variant, seed, task).unlink(missing_ok=True)
+        if "encoder_drift" not in cached["metrics"]:  # resumed pretraining, or a record cached before the metric
+            cached["metrics"]["encoder_drift"] = encoder_drift(variant, seed, paths, budget)
+            write_result(pretrain_json, cached)
         timing["pretrain"].append(cached["wall_s"])
         records.append(cached)
         for task in tasks_for(variant, groups, budget, run_tasks):
@@ -879,8 +941,10 @@ def hardware() -> dict[str, Any]:
             "device": "cuda:0" if torch.cuda.is_available() else "cpu"}
 
 
-def _metrics_of(summary: Mapping[str, Mapping[str, Any]], variants: Sequence[str]) -> list[Metric]:
-    present = {key for v in variants for key in summary.get(v, {})}
+def _metrics_of(summary: Mapping[str, Mapping[str, Any]], variants: Sequence[str], every: bool = False) -> list[Metric]:
+    """The rows of :py:data:`METRICS` measured for any of ``variants`` (``every``: for all of them)."""
+    keys = [set(summary.get(v, {})) for v in variants]
+    present = (set.intersection(*keys) if every else set.union(*keys)) if keys else set()
     return [m for m in METRICS if m.key in present]
 
 
@@ -934,6 +998,33 @@ def _verdict(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines
 
 
+def _context(summary: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, Sequence[float]]) -> list[str]:
+    """Sentences that say what the comparison can show: how far pretraining moved the encoders, and how the
+    zero-shot maps compare with the trivial baselines on the same views."""
+    lines = []
+    drift = {v: m["encoder_drift"]["mean"] for v, m in summary.items()
+             if m.get("encoder_drift", {}).get("mean") is not None}
+    if drift:
+        low, high = min(drift, key=drift.get), max(drift, key=drift.get)
+        line = (f"Pretraining moved the encoder weights by {100 * drift[low]:.1f} % ({low}) to {100 * drift[high]:.1f} % "
+                f"({high}) of their norm (relative L2 change from the initial weights, mean over seeds).")
+        if drift[high] < 0.1:
+            line += (" Every encoder evaluated here is therefore close to its random initialisation, and the seed "
+                     "sets the initialisation: differences between variants measure the architecture (SA module or "
+                     "not, SA stage) and the seed more than what pretraining learnt.")
+        lines.append(line)
+    for metric_key, prefix, views in (("loc_dice", "full_", "whole volumes"), ("loc_dice_crop", "crop_", "off-centre crops")):
+        maps = {v: m[metric_key]["mean"] for v, m in summary.items() if m.get(metric_key, {}).get("mean") is not None}
+        trivial = {k: float(np.mean(v)) for k, v in baselines.items() if k.startswith(prefix) and not k.endswith("noise")}
+        if maps and trivial:
+            best_variant, best_baseline = max(maps, key=maps.get), max(trivial, key=trivial.get)
+            verb = "beats" if maps[best_variant] > trivial[best_baseline] else "does not reach"
+            lines.append(f"Zero-shot localization on {views}: the best SATT map ({best_variant}, Dice "
+                         f"{maps[best_variant]:.3f}) {verb} the best trivial map ({best_baseline}, Dice "
+                         f"{trivial[best_baseline]:.3f}).")
+    return lines
+
+
 def _group_rows(group: str, summary: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
     """(row label, variant) of a group's table: sweep rows labelled by the swept value."""
     rows = []
@@ -958,7 +1049,8 @@ def plot_group(group: str, summary: Mapping[str, Mapping[str, Any]], path: Path)
     from matplotlib.figure import Figure
 
     rows = _group_rows(group, summary)
-    metrics = _metrics_of(summary, [v for _, v in rows])
+    # a sweep compares its points on the tasks they all ran (budget.sweep_tasks)
+    metrics = _metrics_of(summary, [v for _, v in rows], every=group != "core")
     if not rows or not metrics:
         return None
     columns = min(4, len(metrics))
@@ -1061,8 +1153,10 @@ def write_report(
     md = ["# Ablation: attention-guided masking and noisy teacher vs random masking", "",
           "Written by `python -m dagman_components.experiments ablation`; every number below comes from that run.", "",
           "## How it was run", "", f"- command: `{command}`",
-          f"- wall time: {wall_s / 60:.1f} min for this invocation (cached units are not re-run under `--resume`); "
-          f"summed unit times: " + ", ".join(f"{k} {sum(v) / 60:.1f} min" for k, v in timing.items()),
+          f"- wall time of the suite: {sum(map(sum, timing.values())) / 60:.1f} min, the sum of every unit's own wall "
+          "time (each is cached with its result, so the sum survives `--resume`): "
+          + ", ".join(f"{k} {sum(v) / 60:.1f} min" for k, v in timing.items())
+          + f"; this invocation took {wall_s / 60:.1f} min (under `--resume` it computes only the missing units)",
           f"- hardware: {info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), "
           f"device {info['device']}{' (' + info['gpu'] + ')' if info['gpu'] else ''}; torch {info['torch']}, "
           f"MONAI {info['monai']}, Python {info['python']}",
@@ -1100,13 +1194,13 @@ def write_report(
             md += ["Zero-shot localization baselines on the same views (independent of the encoder):", ""]
             md += _markdown_table(["map", "Dice"], [[k, f"{np.mean(v):.3f}"] for k, v in sorted(baselines.items())])
             md += [""]
-        md += ["What the numbers show:", ""] + [f"- {line}" for line in _verdict(summary)]
+        md += ["What the numbers show:", ""] + [f"- {line}" for line in _verdict(summary) + _context(summary, baselines)]
     for group, title in (("loss", "Loss ablation"), ("pdr", "Teacher patch-drop ratio (PDR) sweep"),
                          ("sa_stage", "SA stage sweep")):
         if group not in groups:
             continue
         rows_g = _group_rows(group, summary)
-        metrics = _metrics_of(summary, [v for _, v in rows_g])
+        metrics = _metrics_of(summary, [v for _, v in rows_g], every=True)
         md += ["", f"## {title} (mean +- std over seeds)", ""]
         md += _markdown_table(["variant"] + [m.label for m in metrics],
                               [[label] + [format_mean_std(summary[v].get(m.key)) for m in metrics]
@@ -1145,6 +1239,7 @@ def ablation_main(
     only: str | Sequence[str] | None = None,
     resume: bool = False,
     tasks: str | Sequence[str] | None = None,
+    **budget_fields: Any,
 ) -> dict[str, Path]:
     """Run the ablation suite and write its report.
 
@@ -1160,11 +1255,18 @@ def ablation_main(
         only: ``core``, ``loss``, ``pdr``, ``sa_stage`` or a comma-separated list. Default: all (``--quick``: core).
         resume: reuse results cached in ``work_dir`` under the same budget.
         tasks: a subset of the tasks (comma-separated); default all.
+        budget_fields: any other :py:class:`AblationBudget` field, e.g. ``--pretrain_epochs 100 --roi_size 96
+            --feature_size 48`` for a longer run on a GPU. A changed budget has its own fingerprint, so its
+            results never mix with the default's in the cache.
+
+    Raises:
+        TypeError: a keyword that is not a field of :py:class:`AblationBudget`.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stdout)
     budget = QUICK_BUDGET if quick else DEFAULT_BUDGET
     if seeds is not None:
         budget = replace(budget, seeds=int(seeds))
+    budget = budget_with(budget, **budget_fields)
     groups = _as_list(only) or (["core"] if quick else list(GROUPS))
     task_list = _as_list(tasks) or list(TASKS)
     output = Path(output_dir)
@@ -1176,6 +1278,32 @@ def ablation_main(
                          time.perf_counter() - start, skipped=result["skipped"], groups=groups)
     logger.info(f"report written to {files['markdown']}")
     return files
+
+
+def budget_with(budget: AblationBudget, **fields: Any) -> AblationBudget:
+    """``budget`` with some fields replaced, each cast to the type of the field's default.
+
+    Raises:
+        TypeError: a name that is not a field of :py:class:`AblationBudget` (the message lists the fields).
+    """
+    known = {f.name: f for f in dataclasses.fields(AblationBudget)}
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise TypeError(f"unknown ablation option(s) {unknown}; budget fields: {sorted(known)}")
+    cast: dict[str, Any] = {}
+    for name, value in fields.items():
+        default = getattr(AblationBudget(), name)
+        if isinstance(default, bool):
+            from dagman_components.bundle_utils import as_bool
+
+            cast[name] = as_bool(value, name)
+        elif isinstance(default, tuple):
+            cast[name] = tuple(_as_list(value))
+        elif isinstance(default, (int, float)) and value is not None:
+            cast[name] = type(default)(value)
+        else:
+            cast[name] = None if value in (None, "None", "none") else int(value)
+    return replace(budget, **cast)
 
 
 def default_work_dir(quick: bool = False) -> Path:

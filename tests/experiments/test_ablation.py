@@ -5,6 +5,7 @@ import math
 import time
 
 import pytest
+import torch
 
 from dagman_components.experiments import ablation as abl
 from dagman_components.experiments.ablation import (
@@ -75,6 +76,25 @@ def test_aggregate_mean_and_sample_std():
     assert abl.format_mean_std(None) == "-"
 
 
+def test_relative_change_is_the_l2_ratio_over_floating_point_tensors():
+    reference = {"w": torch.tensor([3.0, 4.0]), "steps": torch.tensor([7])}
+    assert abl.relative_change({"w": torch.tensor([3.0, 4.0]), "steps": torch.tensor([9])}, reference) == 0.0
+    assert abl.relative_change({"w": torch.tensor([3.0, 9.0]), "steps": torch.tensor([7])}, reference) == pytest.approx(1.0)
+    with pytest.raises(KeyError, match="lacks 1 tensors"):
+        abl.relative_change({"steps": torch.tensor([7])}, reference)
+
+
+def test_budget_fields_from_the_command_line_are_cast_and_checked():
+    budget = abl.budget_with(abl.DEFAULT_BUDGET, pretrain_epochs="50", use_real_pretraining="false",
+                             few_shot_fraction="0.5", seg_test_cases="None", sweep_tasks="nodule_lp,head_diversity")
+    assert budget.pretrain_epochs == 50 and budget.use_real_pretraining is False and budget.few_shot_fraction == 0.5
+    assert budget.seg_test_cases is None and budget.sweep_tasks == ("nodule_lp", "head_diversity")
+    assert budget.fingerprint() != abl.DEFAULT_BUDGET.fingerprint()
+    assert abl.budget_with(abl.DEFAULT_BUDGET, localization_cases=4).localization_cases == 4
+    with pytest.raises(TypeError, match="unknown ablation option.*'epochs'.*budget fields"):
+        abl.budget_with(abl.DEFAULT_BUDGET, epochs=3)
+
+
 def test_budget_fingerprint_ignores_seed_counts_only():
     assert AblationBudget(seeds=1).fingerprint() == AblationBudget(seeds=5, sweep_seeds=1).fingerprint()
     assert AblationBudget(pretrain_epochs=2).fingerprint() != AblationBudget(pretrain_epochs=3).fingerprint()
@@ -89,7 +109,7 @@ def test_resume_skips_cached_results(tmp_path, monkeypatch):
         calls.append(("pretrain", variant, seed))
         paths_.encoder(variant, seed).parent.mkdir(parents=True, exist_ok=True)
         paths_.encoder(variant, seed).write_bytes(b"weights")
-        return {"metrics": {"iterations": 2}, "wall_s": 0.0}
+        return {"metrics": {"iterations": 2, "encoder_drift": 0.01}, "wall_s": 0.0}
 
     def fake_task(variant, seed, paths_, budget_, out_dir):
         calls.append(("nodule_lp", variant, seed))
@@ -151,7 +171,15 @@ def test_tiny_suite_end_to_end(tmp_path):
     # the encoders differ (SMIT has no SA module)
     dagman = abl.load_encoder("DAGMaN", 0, Paths((tmp_path / "work").resolve(), None), TINY)
     assert dagman.semantic_attention is not None
+    # the drift recorded during pretraining (from a snapshot of the starting weights) is reproduced by
+    # rebuilding the initial weights from the bundle and the seed, as done for cached or resumed runs
+    work_paths = Paths((tmp_path / "work").resolve(), None)
+    for variant in groups["core"]:
+        recorded = records[(variant, "pretrain")]["metrics"]["encoder_drift"]
+        assert 0.0 < recorded < 0.5
+        assert abl.encoder_drift(variant, 0, work_paths, TINY) == pytest.approx(recorded, rel=1e-6)
     text = files["markdown"].read_text()
+    assert "Pretraining moved the encoder weights by" in text
     assert "| metric | SMIT | DAGMaN |" in text and "0.895 (LIDC)" in text and "iterations per run" in text
     assert (tmp_path / "out" / "ablation_core.png").is_file()
     assert (tmp_path / "out" / "ablation_head_diversity.png").is_file()
