@@ -1,7 +1,7 @@
 """Experiments that compare pretraining variants end to end (``python -m dagman_components.experiments``).
 
 - :py:mod:`.ablation`: pretrain SMIT, "SA only", "NT only" and DAGMaN (plus the loss, patch-drop-ratio and
-  SA-stage sweeps) at one fixed budget, evaluate every encoder on the downstream tasks of the papers, and
+  SA-stage sweeps, and untrained controls of SMIT and DAGMaN) at one fixed budget, evaluate every encoder on the downstream tasks of the papers, and
   write ``docs/results/ablation.md`` with CSV, JSON and plots.
 """
 
@@ -11,6 +11,7 @@ from .ablation import (
     PAPER_RESULTS,
     QUICK_BUDGET,
     TASKS,
+    UNTRAINED,
     VARIANTS,
     AblationBudget,
     ablation_main,
@@ -25,6 +26,7 @@ __all__ = [
     "PAPER_RESULTS",
     "QUICK_BUDGET",
     "TASKS",
+    "UNTRAINED",
     "VARIANTS",
     "AblationBudget",
     "aggregate",

@@ -59,12 +59,15 @@ __all__ = [
     "PAPER_RESULTS",
     "QUICK_BUDGET",
     "TASKS",
+    "UNTRAINED",
     "VARIANTS",
     "AblationBudget",
     "Metric",
     "ablation_main",
     "aggregate",
+    "compare_variants",
     "load_results",
+    "paired_differences",
     "run_ablation",
     "units",
     "write_report",
@@ -98,14 +101,24 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "SA stage 4": {"sa_stage": 4},
 }
 
+#: controls: an encoder that is never pretrained -> the variant whose architecture and initial weights it has.
+#: Built by that variant's pretrain workflow with the same seed, so it holds exactly the weights the pretrained
+#: encoder started from; pretrained minus untrained, seed by seed, is what pretraining changed.
+UNTRAINED: dict[str, str] = {"SMIT, untrained": "SMIT", "DAGMaN, untrained": "DAGMaN"}
+VARIANTS.update({name: VARIANTS[base] for name, base in UNTRAINED.items()})
+
 #: comparison groups -> their variants. A sweep point equal to another variant reuses it: PDR 0 is "SA only"
 #: (attention-guided masking, clean teacher), PDR 0.7 and SA stage 3 are DAGMaN.
 GROUPS: dict[str, tuple[str, ...]] = {
     "core": ("SMIT", "SA only", "NT only", "DAGMaN"),
+    "control": ("SMIT", "SMIT, untrained", "DAGMaN", "DAGMaN, untrained"),
     "loss": ("DAGMaN", "DAGMaN w/o AMPD", "DAGMaN w/o AITD", "DAGMaN w/o GITD", "DAGMaN w/o AMIP"),
     "pdr": ("SA only", "PDR 0.3", "PDR 0.5", "DAGMaN", "PDR 0.9"),
     "sa_stage": ("SA stage 1", "SA stage 2", "DAGMaN", "SA stage 4"),
 }
+
+#: groups whose variants run every task with ``budget.seeds`` seeds (the others are sweeps)
+FULL_GROUPS: tuple[str, ...] = ("core", "control")
 
 #: the pretrain bundle's defaults of the keys the groups vary (for labelling sweep rows)
 _SWEEP_KEYS = {"pdr": ("teacher_drop_ratio", 0.7), "sa_stage": ("sa_stage", 3)}
@@ -481,6 +494,8 @@ def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, data
     items, loaded once instead of once per run. With ``resume`` an interrupted run continues from its
     newest checkpoint (the bundle's ``--resume``). The record's ``encoder_drift`` is the relative change of
     the saved encoder from the weights the run started from (:py:func:`relative_change`).
+
+    A control of :py:data:`UNTRAINED` builds the same workflow and saves the initial encoder without training.
     """
     from dagman_components.engines import latest_checkpoint
 
@@ -491,6 +506,12 @@ def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, data
     start = time.perf_counter()
     workflow, overrides = _pretrain_workflow(variant, seed, paths, budget, datalist, continue_run)
     initial = _encoder_state(workflow)
+    if variant in UNTRAINED:
+        paths.encoder(variant, seed).parent.mkdir(parents=True, exist_ok=True)
+        torch.save(initial, paths.encoder(variant, seed))
+        return {"metrics": {"iterations": 0, "epochs": 0, "final_loss": math.nan, "encoder_drift": 0.0},
+                "final_output": {}, "overrides": overrides, "resumed": False, "untrained": True,
+                "wall_s": time.perf_counter() - start}
     workflow.run()
     state = workflow.parser.get_parsed_content("train::trainer").state
     output = {k: float(v) for k, v in (state.output or {}).items() if isinstance(v, (int, float))}
@@ -788,7 +809,7 @@ def units(groups: Sequence[str], budget: AblationBudget) -> list[tuple[str, int,
     for group in groups:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}; choose from {sorted(GROUPS)}")
-        count = budget.seeds if group == "core" else min(budget.seeds, budget.sweep_seeds)
+        count = budget.seeds if group in FULL_GROUPS else min(budget.seeds, budget.sweep_seeds)
         for variant in GROUPS[group]:
             for seed in range(count):
                 wanted.setdefault((variant, seed), group)
@@ -796,9 +817,10 @@ def units(groups: Sequence[str], budget: AblationBudget) -> list[tuple[str, int,
 
 
 def tasks_for(variant: str, groups: Sequence[str], budget: AblationBudget, tasks: Sequence[str]) -> list[str]:
-    """The tasks run for ``variant``: all of ``tasks`` for a core variant, ``budget.sweep_tasks`` for sweep-only ones."""
-    in_core = "core" in groups and variant in GROUPS["core"]
-    return [t for t in tasks if in_core or t in budget.sweep_tasks]
+    """The tasks run for ``variant``: all of ``tasks`` for a core or control variant, ``budget.sweep_tasks`` for
+    sweep-only ones."""
+    full = any(g in groups and variant in GROUPS[g] for g in FULL_GROUPS)
+    return [t for t in tasks if full or t in budget.sweep_tasks]
 
 
 def run_ablation(
@@ -952,13 +974,17 @@ def _paper_text(metric: Metric) -> str:
     return "; ".join(f"{v}: {text}" for v, text in metric.paper.items()) or "-"
 
 
-def _verdict(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Plain sentences comparing DAGMaN with SMIT metric by metric, from the numbers alone."""
-    if "DAGMaN" not in summary or "SMIT" not in summary:
-        return ["DAGMaN and SMIT were not both run: no comparison."]
+def compare_variants(summary: Mapping[str, Mapping[str, Any]], variant: str,
+                     reference: str) -> tuple[list[str], list[str], list[str]]:
+    """Labels of the metrics on which ``variant`` is better than ``reference``, worse, and within the spread.
+
+    Better/worse: the means differ by more than one standard deviation, the larger of the two variants'
+    seed-to-seed standard deviations, in the metric's direction. Metrics without a direction
+    (``higher_is_better=None``) or not measured for both are left out.
+    """
     better, worse, tied = [], [], []
     for metric in METRICS:
-        a, b = summary["DAGMaN"].get(metric.key), summary["SMIT"].get(metric.key)
+        a, b = summary[variant].get(metric.key), summary[reference].get(metric.key)
         if not a or not b or a["mean"] is None or b["mean"] is None or metric.higher_is_better is None:
             continue
         spread = max(a["std"] or 0.0, b["std"] or 0.0)
@@ -970,6 +996,24 @@ def _verdict(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
             better.append(metric.label)
         else:
             worse.append(metric.label)
+    return better, worse, tied
+
+
+def paired_differences(records: Iterable[Mapping[str, Any]], variant: str, reference: str, key: str) -> list[float]:
+    """``variant`` minus ``reference`` of metric ``key``, seed by seed, over the seeds where both are finite."""
+    by_seed: dict[str, dict[int, float]] = {variant: {}, reference: {}}
+    for record in records:
+        value = record.get("metrics", {}).get(key)
+        if record["variant"] in by_seed and value is not None and math.isfinite(float(value)):
+            by_seed[record["variant"]][int(record["seed"])] = float(value)
+    return [by_seed[variant][s] - by_seed[reference][s] for s in sorted(by_seed[variant]) if s in by_seed[reference]]
+
+
+def _verdict(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Plain sentences comparing DAGMaN with SMIT metric by metric, from the numbers alone."""
+    if "DAGMaN" not in summary or "SMIT" not in summary:
+        return ["DAGMaN and SMIT were not both run: no comparison."]
+    better, worse, tied = compare_variants(summary, "DAGMaN", "SMIT")
     n = len(better) + len(worse) + len(tied)
     single_seed = all(e["n"] < 2 for v in ("DAGMaN", "SMIT") for e in summary[v].values())
     if single_seed:
@@ -1003,7 +1047,7 @@ def _context(summary: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, S
     zero-shot maps compare with the trivial baselines on the same views."""
     lines = []
     drift = {v: m["encoder_drift"]["mean"] for v, m in summary.items()
-             if m.get("encoder_drift", {}).get("mean") is not None}
+             if v not in UNTRAINED and m.get("encoder_drift", {}).get("mean") is not None}
     if drift:
         low, high = min(drift, key=drift.get), max(drift, key=drift.get)
         line = (f"Pretraining moved the encoder weights by {100 * drift[low]:.1f} % ({low}) to {100 * drift[high]:.1f} % "
@@ -1023,6 +1067,46 @@ def _context(summary: Mapping[str, Mapping[str, Any]], baselines: Mapping[str, S
                          f"{maps[best_variant]:.3f}) {verb} the best trivial map ({best_baseline}, Dice "
                          f"{trivial[best_baseline]:.3f}).")
     return lines
+
+
+def _pretraining_effect(records: Sequence[Mapping[str, Any]],
+                        summary: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[list[str]], list[str]]:
+    """The control group's table (header, rows) and sentences: each pretrained variant against its untrained
+    control (same architecture, same initial weights), metric by metric, paired by seed."""
+    pairs = [(base, name) for name, base in UNTRAINED.items() if name in summary and base in summary]
+    header = ["metric"]
+    for base, name in pairs:
+        header += [base, name, f"{base}: pretrained - untrained, per seed"]
+    rows, lines = [], []
+    counts = {base: {"better": [], "worse": [], "mixed": []} for base, _ in pairs}
+    for metric in _metrics_of(summary, [v for pair in pairs for v in pair], every=True):
+        row = [metric.label]
+        for base, name in pairs:
+            diffs = paired_differences(records, base, name, metric.key)
+            row += [format_mean_std(summary[base].get(metric.key)), format_mean_std(summary[name].get(metric.key)),
+                    " / ".join(f"{d:+.3f}" for d in diffs) or "-"]
+            if metric.higher_is_better is None or len(diffs) < 2:
+                continue
+            signed = [d if metric.higher_is_better else -d for d in diffs]
+            kind = "better" if min(signed) > 0 else "worse" if max(signed) < 0 else "mixed"
+            counts[base][kind].append(metric.label)
+        rows.append(row)
+    for base, name in pairs:
+        c = counts[base]
+        n = sum(map(len, c.values()))
+        if not n:
+            continue
+        seeds = max(len(paired_differences(records, base, name, m.key)) for m in METRICS)
+        lines.append(f"{base} pretrained vs the same encoder untrained ({name}): of {n} metrics, pretraining "
+                     f"improved {len(c['better'])} on every seed, worsened {len(c['worse'])} on every seed, and "
+                     f"moved {len(c['mixed'])} in different directions on different seeds"
+                     + (f" (with {seeds} seeds, a metric pretraining did not change still falls on the same side "
+                        f"on every seed with probability {2 * 0.5 ** seeds:.2f})." if seeds > 1 else "."))
+        if c["better"]:
+            lines.append(f"{base}, improved on every seed: " + "; ".join(c["better"]) + ".")
+        if c["worse"]:
+            lines.append(f"{base}, worsened on every seed: " + "; ".join(c["worse"]) + ".")
+    return header, rows, lines
 
 
 def _group_rows(group: str, summary: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -1173,7 +1257,9 @@ def write_report(
     md += _markdown_table(["field", "value"], [[k, str(v)] for k, v in asdict(budget).items()])
     md += ["", "Variants (pretrain-bundle overrides; empty = the bundle's DAGMaN defaults):", ""]
     md += _markdown_table(["variant", "overrides"],
-                          [[v, ", ".join(f"`{k}={val}`" for k, val in VARIANTS[v].items()) or "(defaults)"]
+                          [[v, f"{UNTRAINED[v]}'s architecture and initial weights (same seed), not pretrained"
+                            if v in UNTRAINED else
+                            ", ".join(f"`{k}={val}`" for k, val in VARIANTS[v].items()) or "(defaults)"]
                            for v in VARIANTS if v in summary])
     if skipped:
         md += ["", "Not run:", ""] + [f"- `{task}`: {why}" for task, why in skipped.items()]
@@ -1195,6 +1281,15 @@ def write_report(
             md += _markdown_table(["map", "Dice"], [[k, f"{np.mean(v):.3f}"] for k, v in sorted(baselines.items())])
             md += [""]
         md += ["What the numbers show:", ""] + [f"- {line}" for line in _verdict(summary) + _context(summary, baselines)]
+    if "control" in groups:
+        header, rows, lines = _pretraining_effect(records, summary)
+        if rows:
+            md += ["", "## Pretrained vs untrained: what pretraining itself changed", "",
+                   "Each untrained control is built by its variant's pretrain workflow with the same seed and saved "
+                   "before the first iteration, so it holds exactly the weights the pretrained encoder started from; "
+                   "the per-seed column is pretrained minus untrained for seeds 0, 1, ... in order.", ""]
+            md += _markdown_table(header, rows)
+            md += [""] + [f"- {line}" for line in lines]
     for group, title in (("loss", "Loss ablation"), ("pdr", "Teacher patch-drop ratio (PDR) sweep"),
                          ("sa_stage", "SA stage sweep")):
         if group not in groups:
@@ -1252,7 +1347,8 @@ def ablation_main(
             Default ``$XDG_CACHE_HOME/dagman_components/ablation`` (``~/.cache/...``; ``--quick``: ``ablation_quick``).
         real_data: the real CTs (``../shared/data/real``); absent: real-data tasks are skipped, with a line
             in the report.
-        only: ``core``, ``loss``, ``pdr``, ``sa_stage`` or a comma-separated list. Default: all (``--quick``: core).
+        only: ``core``, ``control`` (untrained encoders of SMIT and DAGMaN), ``loss``, ``pdr``, ``sa_stage`` or a
+            comma-separated list. Default: all (``--quick``: core).
         resume: reuse results cached in ``work_dir`` under the same budget.
         tasks: a subset of the tasks (comma-separated); default all.
         budget_fields: any other :py:class:`AblationBudget` field, e.g. ``--pretrain_epochs 100 --roi_size 96

@@ -47,6 +47,10 @@ def test_variant_table_switches_the_papers_components():
     for overrides in VARIANTS.values():
         assert set(overrides) <= set(config), overrides
     assert abl.papers_feature("SMIT") == "pooled" and abl.papers_feature("DAGMaN") == "cls"
+    # an untrained control has its variant's architecture (same overrides, same encoder arguments)
+    for name, base in abl.UNTRAINED.items():
+        assert VARIANTS[name] == VARIANTS[base] and name in GROUPS["control"] and base in GROUPS["control"]
+        assert abl.encoder_arguments(name, AblationBudget()) == abl.encoder_arguments(base, AblationBudget())
 
 
 def test_units_share_variants_across_groups_and_limit_sweep_seeds():
@@ -56,7 +60,11 @@ def test_units_share_variants_across_groups_and_limit_sweep_seeds():
     assert len(pairs) == len(set(pairs))
     assert {s for v, s in pairs if v == "DAGMaN"} == {0, 1, 2}
     assert {s for v, s in pairs if v == "PDR 0.3"} == {0, 1}
-    assert len(pairs) == 4 * 3 + (len(VARIANTS) - 4) * 2
+    assert {s for v, s in pairs if v == "SMIT, untrained"} == {0, 1, 2}  # controls pair with every core seed
+    assert len(pairs) == 6 * 3 + (len(VARIANTS) - 6) * 2
+    # core and control variants run every task, sweep-only variants the budget's sweep tasks
+    assert abl.tasks_for("DAGMaN, untrained", list(GROUPS), budget, abl.TASKS) == list(abl.TASKS)
+    assert abl.tasks_for("PDR 0.3", list(GROUPS), budget, abl.TASKS) == list(budget.sweep_tasks)
     with pytest.raises(ValueError, match="unknown group"):
         units(["nope"], budget)
 
@@ -74,6 +82,36 @@ def test_aggregate_mean_and_sample_std():
     assert abl.format_mean_std(summary["A"]["auc"]) == "0.700 +- 0.100"
     assert abl.format_mean_std(summary["B"]["auc"]) == "0.500 (n=1)"
     assert abl.format_mean_std(None) == "-"
+
+
+def test_pretraining_effect_pairs_each_variant_with_its_untrained_control_seed_by_seed(tmp_path):
+    records = []
+    for seed, (trained, untrained) in enumerate([(0.8, 0.6), (0.7, 0.65), (0.9, 0.5)]):
+        records += [{"variant": "DAGMaN", "seed": seed, "task": "nodule_lp", "metrics": {"lp_auc": trained}},
+                    {"variant": "DAGMaN, untrained", "seed": seed, "task": "nodule_lp", "metrics": {"lp_auc": untrained}},
+                    # lower is better: a larger distance after pretraining is worse
+                    {"variant": "DAGMaN", "seed": seed, "task": "organs_phantom",
+                     "metrics": {"organs_phantom_intra": 0.2 + seed}},
+                    {"variant": "DAGMaN, untrained", "seed": seed, "task": "organs_phantom",
+                     "metrics": {"organs_phantom_intra": 0.1 + seed}},
+                    {"variant": "DAGMaN", "seed": seed, "task": "nodule_ft", "metrics": {"ft_auc": 0.5 + (-0.1) ** seed}},
+                    {"variant": "DAGMaN, untrained", "seed": seed, "task": "nodule_ft", "metrics": {"ft_auc": 0.5}}]
+    records.append({"variant": "DAGMaN", "seed": 3, "task": "nodule_lp", "metrics": {"lp_auc": 0.1}})  # unpaired
+    assert abl.paired_differences(records, "DAGMaN", "DAGMaN, untrained", "lp_auc") == pytest.approx([0.2, 0.05, 0.4])
+    summary = aggregate(records)
+    header, rows, lines = abl._pretraining_effect(records, summary)
+    assert header == ["metric", "DAGMaN", "DAGMaN, untrained", "DAGMaN: pretrained - untrained, per seed"]
+    by_label = {row[0]: row for row in rows}
+    assert by_label["nodule malignancy, linear probe AUC (100 %)"][3] == "+0.200 / +0.050 / +0.400"
+    assert lines[0].startswith("DAGMaN pretrained vs the same encoder untrained (DAGMaN, untrained): of 3 metrics, "
+                               "pretraining improved 1 on every seed, worsened 1 on every seed, and moved 1")
+    assert "probability 0.25" in lines[0]
+    assert lines[1] == "DAGMaN, improved on every seed: nodule malignancy, linear probe AUC (100 %)."
+    assert lines[2] == "DAGMaN, worsened on every seed: phantom organs, intra-cluster distance."
+    files = write_report(records, tmp_path, AblationBudget(), tmp_path, None, "cmd", 1.0, groups=["control"])
+    text = files["markdown"].read_text()
+    assert "## Pretrained vs untrained: what pretraining itself changed" in text
+    assert "| DAGMaN, untrained | DAGMaN's architecture and initial weights (same seed), not pretrained |" in text
 
 
 def test_relative_change_is_the_l2_ratio_over_floating_point_tensors():
@@ -178,6 +216,14 @@ def test_tiny_suite_end_to_end(tmp_path):
         recorded = records[(variant, "pretrain")]["metrics"]["encoder_drift"]
         assert 0.0 < recorded < 0.5
         assert abl.encoder_drift(variant, 0, work_paths, TINY) == pytest.approx(recorded, rel=1e-6)
+    # the untrained control holds exactly the weights the pretrained encoder started from
+    control = abl.pretrain("DAGMaN, untrained", 0, work_paths, TINY, work_paths.data / "pretrain_datalist.json", False)
+    assert control["metrics"]["iterations"] == 0 and control["metrics"]["encoder_drift"] == 0.0
+    untrained = torch.load(work_paths.encoder("DAGMaN, untrained", 0), weights_only=True)
+    initial = abl.initial_encoder_state("DAGMaN", 0, work_paths, TINY)
+    assert untrained.keys() == initial.keys() and all(torch.equal(untrained[k], initial[k]) for k in initial)
+    trained = torch.load(work_paths.encoder("DAGMaN", 0), weights_only=True)
+    assert abl.relative_change(trained, untrained) == pytest.approx(records[("DAGMaN", "pretrain")]["metrics"]["encoder_drift"], rel=1e-6)
     text = files["markdown"].read_text()
     assert "Pretraining moved the encoder weights by" in text
     assert "| metric | SMIT | DAGMaN |" in text and "0.895 (LIDC)" in text and "iterations per run" in text
