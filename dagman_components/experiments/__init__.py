@@ -7,6 +7,7 @@
 
 from .ablation import (
     DEFAULT_BUDGET,
+    DEFAULT_GROUPS,
     GROUPS,
     PAPER_RESULTS,
     QUICK_BUDGET,
@@ -22,6 +23,7 @@ from .ablation import (
 
 __all__ = [
     "DEFAULT_BUDGET",
+    "DEFAULT_GROUPS",
     "GROUPS",
     "PAPER_RESULTS",
     "QUICK_BUDGET",

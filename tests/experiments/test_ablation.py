@@ -65,6 +65,7 @@ def test_units_share_variants_across_groups_and_limit_sweep_seeds():
     # core and control variants run every task, sweep-only variants the budget's sweep tasks
     assert abl.tasks_for("DAGMaN, untrained", list(GROUPS), budget, abl.TASKS) == list(abl.TASKS)
     assert abl.tasks_for("PDR 0.3", list(GROUPS), budget, abl.TASKS) == list(budget.sweep_tasks)
+    assert set(abl.DEFAULT_GROUPS) == set(GROUPS) - {"control"}  # the controls are asked for with --only
     with pytest.raises(ValueError, match="unknown group"):
         units(["nope"], budget)
 
