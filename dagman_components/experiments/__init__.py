@@ -1,8 +1,8 @@
 """Experiments that compare pretraining variants end to end (``python -m dagman_components.experiments``).
 
 - :py:mod:`.ablation`: pretrain SMIT, "SA only", "NT only" and DAGMaN (plus the loss, patch-drop-ratio and
-  SA-stage sweeps, and untrained controls of SMIT and DAGMaN) at one fixed budget, evaluate every encoder on the downstream tasks of the papers, and
-  write ``docs/results/ablation.md`` with CSV, JSON and plots.
+  SA-stage sweeps, and untrained controls of SMIT and DAGMaN) at one fixed budget, evaluate every encoder on
+  the downstream tasks of the papers, and write ``docs/results/ablation.md`` with CSV, JSON and plots.
 """
 
 from .ablation import (

@@ -214,13 +214,18 @@ QUICK_BUDGET = AblationBudget(
 
 @dataclass(frozen=True)
 class Metric:
-    """One row of the report: ``key`` in a task's JSON, its label, and the papers' value (their data) if any."""
+    """One row of the report: ``key`` in a task's JSON, its label, and the papers' value (their data) if any.
+
+    ``scale_free``: False for feature-space distances, which change with the encoder's feature scale (pretraining
+    rescales it), so comparing them between encoders says little.
+    """
 
     key: str
     task: str
     label: str
     higher_is_better: bool | None = True
     paper: Mapping[str, str] = field(default_factory=dict)
+    scale_free: bool = True
 
 
 #: the papers' numbers (DESIGN.md section 4), on THEIR data: LIDC (nodules), OrganMNIST3D (organs), SMART's tumours.
@@ -236,7 +241,7 @@ PAPER_RESULTS: dict[str, dict[str, str]] = {
 PAPER_COLUMN = "paper (theirs, LIDC / OrganMNIST3D / SMART tumours)"
 
 METRICS: tuple[Metric, ...] = tuple(
-    Metric(key, task, label, better, PAPER_RESULTS.get(key, {}))
+    Metric(key, task, label, better, PAPER_RESULTS.get(key, {}), scale_free=not key.endswith(("_intra", "_inter")))
     for key, task, label, better in (
         ("encoder_drift", "pretrain", "encoder weights, relative L2 change from initialisation by pretraining", None),
         ("lp_auc", "nodule_lp", "nodule malignancy, linear probe AUC (100 %)", True),
@@ -1084,14 +1089,16 @@ def _pretraining_effect(records: Sequence[Mapping[str, Any]],
         header += [base, name, f"{base}: pretrained - untrained, per seed"]
     rows, lines = [], []
     counts = {base: {"better": [], "worse": [], "mixed": []} for base, _ in pairs}
+    seeds = {base: 0 for base, _ in pairs}
     for metric in _metrics_of(summary, [v for pair in pairs for v in pair], every=True):
         row = [metric.label]
         for base, name in pairs:
             diffs = paired_differences(records, base, name, metric.key)
+            seeds[base] = max(seeds[base], len(diffs))
             row += [format_mean_std(summary[base].get(metric.key)), format_mean_std(summary[name].get(metric.key)),
                     " / ".join(f"{d:+.3f}" for d in diffs) or "-"]
-            # distances follow the feature scale, which pretraining changes: not counted, reported below
-            if metric.higher_is_better is None or len(diffs) < 2 or metric.key.endswith(("_intra", "_inter")):
+            # distances follow the feature scale, which pretraining changes: not counted, their ratio is below
+            if metric.higher_is_better is None or len(diffs) < 2 or not metric.scale_free:
                 continue
             signed = [d if metric.higher_is_better else -d for d in diffs]
             kind = "better" if min(signed) > 0 else "worse" if max(signed) < 0 else "mixed"
@@ -1102,12 +1109,11 @@ def _pretraining_effect(records: Sequence[Mapping[str, Any]],
         n = sum(map(len, c.values()))
         if not n:
             continue
-        seeds = max(len(paired_differences(records, base, name, m.key)) for m in METRICS)
-        chance = 2 * 0.5 ** seeds
+        chance = 2 * 0.5 ** seeds[base]
         lines.append(f"{base} pretrained vs the same encoder untrained ({name}): of {n} scale-free metrics, "
                      f"pretraining improved {len(c['better'])} on every seed, worsened {len(c['worse'])} on every "
                      f"seed, and moved {len(c['mixed'])} in different directions on different seeds. A metric that "
-                     f"pretraining does not change falls on the same side on all {seeds} seeds with probability "
+                     f"pretraining does not change falls on the same side on all {seeds[base]} seeds with probability "
                      f"{chance:.2f}, so chance alone puts about {chance * n:.0f} of {n} in the first two counts.")
         if c["better"]:
             lines.append(f"{base}, improved on every seed: " + "; ".join(c["better"]) + ".")
