@@ -149,6 +149,9 @@ def block_mask(
     in [1/``max_aspect``, ``max_aspect``] per axis; the last block is trimmed at random so that
     exactly ``floor(mask_ratio * N)`` tokens are masked.
 
+    Args:
+        generator: draws every block (a CUDA generator seeds a CPU one); None uses the global RNG.
+
     Returns:
         (batch, N) bool, True = masked, N = prod(grid_size).
     """
@@ -157,6 +160,10 @@ def block_mask(
     n_tokens = d * h * w
     target = _count(mask_ratio, n_tokens)
     masks = torch.zeros(batch, d, h, w, dtype=torch.bool)
+    if generator is not None and generator.device.type != "cpu":
+        # the cuboids are drawn on the CPU: seed a CPU generator from the caller's, so the masks stay reproducible
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        generator = torch.Generator().manual_seed(seed)
 
     def uniform(low: float, high: float) -> float:
         return low + (high - low) * float(torch.rand((), generator=generator))

@@ -3,8 +3,10 @@
 One iteration (DAGMaN sec. 3, SMART sec. III):
 
 1. stack the two views [u; v] (2B samples);
-2. teacher forward once on the patch-dropped views u^, v^ (no grad) -> SATT;
-3. student masks from the teacher's SATT (or random/block masks for the baselines);
+2. teacher forward on the patch-dropped views u^, v^ (no grad) -> distillation targets; the SATT
+   that guides the student's mask comes from a clean teacher pass on u, v (``satt_source="clean"``,
+   as AttMask) or from the same noisy pass (``"noisy"``);
+3. student masks from that SATT (or random/block masks for the baselines);
 4. teacher heads on those masked positions; student forward on the masked views u~, v~;
 5. ``DAGMaNLoss`` -> backward -> (last-layer freeze) -> clip -> optimiser step;
 6. handlers: EMA teacher update, teacher temperature, checkpoints, logging.
@@ -41,9 +43,12 @@ from dagman_components.masking import (
 )
 from dagman_components.networks import DAGMaNPretrainModel
 
-__all__ = ["CoDistillationTrainer", "MASKING_STRATEGIES", "make_teacher", "parameter_groups"]
+__all__ = ["CoDistillationTrainer", "MASKING_STRATEGIES", "SATT_SOURCES", "make_teacher", "mean_pairwise_cosine", "parameter_groups"]
 
 MASKING_STRATEGIES = ("attention_high", "attention_low", "random", "block")
+#: which teacher pass gives the SATT of the student's mask: ``"clean"`` (a no-grad pass on the undropped
+#: views, so the mask follows the image) or ``"noisy"`` (the patch-dropped pass of the targets)
+SATT_SOURCES = ("clean", "noisy")
 
 
 def make_teacher(student: nn.Module) -> DAGMaNPretrainModel:
@@ -53,6 +58,15 @@ def make_teacher(student: nn.Module) -> DAGMaNPretrainModel:
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
+
+
+def mean_pairwise_cosine(features: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between different rows of (M, C) ``features`` (1: every crop gives the same vector)."""
+    x = torch.nn.functional.normalize(features.float(), dim=-1)
+    m = x.shape[0]
+    if m < 2:
+        return x.new_ones(())
+    return ((x @ x.t()).sum() - m) / (m * (m - 1))
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -90,6 +104,11 @@ class CoDistillationTrainer(Trainer):
         masking: one of ``MASKING_STRATEGIES`` (``attention_high``, papers).
         mask_ratio: r (0.7). hint_ratio: s (0.1). hint_mode: ``random`` or ``top``.
         teacher_drop_ratio: patch dropout on the teacher's input (0.7, SMART Fig. 10; 0 = clean teacher).
+        satt_source: ``"clean"`` (default) or ``"noisy"`` **[choice]**: the SATT of the student's mask from
+            an extra no-grad teacher pass on the undropped views (AttMask takes it from a clean teacher;
+            SMART's figures show masks on tumours) or from the patch-dropped pass, whose SATT ranks the
+            dropped tokens first and so follows the dropout, not the image. Without dropout the two are
+            one pass.
         ema_momentum: base EMA momentum (0.996, cosine to 1 on the global iteration).
         warmup_teacher_temp_epochs etc. live in ``loss_function``; its schedule is applied per epoch.
         freeze_last_layer_epochs: epochs with the heads' prototype layers frozen (1).
@@ -114,6 +133,7 @@ class CoDistillationTrainer(Trainer):
         hint_ratio: float = 0.1,
         hint_mode: str = "random",
         teacher_drop_ratio: float = 0.7,
+        satt_source: str = "clean",
         ema_momentum: float = 0.996,
         freeze_last_layer_epochs: int = 1,
         clip_grad_norm: float | None = 3.0,
@@ -130,6 +150,8 @@ class CoDistillationTrainer(Trainer):
         student = unwrap(network)
         if masking.startswith("attention") and student.encoder.semantic_attention is None:
             raise ValueError(f"masking={masking!r} needs SATT: build the encoder with use_semantic_attention=True.")
+        if satt_source not in SATT_SOURCES:
+            raise ValueError(f"satt_source must be one of {SATT_SOURCES}, got {satt_source!r}.")
         if amp_dtype not in ("bfloat16", "float16"):
             raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}.")
         if len(view_keys) != 2:
@@ -154,6 +176,7 @@ class CoDistillationTrainer(Trainer):
         self.hint_ratio = hint_ratio
         self.hint_mode = hint_mode
         self.teacher_drop_ratio = teacher_drop_ratio
+        self.satt_source = satt_source
         self.clip_grad_norm = clip_grad_norm or None
         self.amp_dtype = torch.bfloat16 if amp_dtype == "bfloat16" else torch.float16
         self.view_keys = tuple(view_keys)
@@ -202,7 +225,7 @@ class CoDistillationTrainer(Trainer):
             return attention_guided_mask(teacher_satt, self.mask_ratio, self.hint_ratio, mode, self.hint_mode, self.generator)
         if self.masking == "random":
             return random_mask(batch, n_tokens, self.mask_ratio, self.generator, device)
-        return block_mask(batch, grid, self.mask_ratio, device=device)
+        return block_mask(batch, grid, self.mask_ratio, generator=self.generator, device=device)
 
     def _iteration(self, engine: CoDistillationTrainer, batchdata: dict[str, Any]) -> dict[str, float]:
         images = engine._views(batchdata)
@@ -213,8 +236,12 @@ class CoDistillationTrainer(Trainer):
 
         with torch.no_grad(), engine._autocast():
             dropped = patch_dropout(batch, n_tokens, engine.teacher_drop_ratio, engine.generator, images.device)
-            teacher_encoded = teacher.encoder(images, dropped if engine.teacher_drop_ratio > 0 else None)
-            student_mask = engine._student_mask(teacher_encoded.satt, batch, grid)
+            noisy = engine.teacher_drop_ratio > 0
+            teacher_encoded = teacher.encode(images, dropped if noisy else None)
+            satt = teacher_encoded.satt
+            if noisy and engine.satt_source == "clean" and engine.masking.startswith("attention"):
+                satt = teacher.encoder(images, None, stop_after_sa=True).satt
+            student_mask = engine._student_mask(satt, batch, grid)
             teacher_heads = teacher.project(teacher_encoded, student_mask, reconstruct=False)
 
         student.train()
@@ -228,6 +255,7 @@ class CoDistillationTrainer(Trainer):
         # one host sync per step: every logged scalar at once, and the non-finite check
         logged = {"loss": losses["total"].detach(), **{k: v for k, v in losses.items() if k != "total"}}
         logged["mask_ratio"] = student_mask.float().mean()
+        logged["embedding_cosine"] = mean_pairwise_cosine(student_heads.image_embedding.detach())
         logged["teacher_drop_ratio"] = dropped.float().mean()
         output = dict(zip(logged, torch.stack([v.float() for v in logged.values()]).tolist()))
         if not math.isfinite(output["loss"]):

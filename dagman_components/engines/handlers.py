@@ -119,19 +119,36 @@ class FreezeLastLayer:
 class CollapseMonitor:
     """Warn when a distillation head collapses, from the teacher entropies the trainer logs.
 
-    At every epoch end, for each term in ``out_dims`` (term -> prototypes K): a mean per-sample
-    teacher entropy above ``uniform_fraction * ln K`` is uniform collapse (targets carry no
-    information); H(mean P_t) below ``one_hot_nats`` is one-hot collapse (every sample maps to one
-    prototype). Each kind is reported once per term, with the usual remedies.
+    At every epoch end, for each term in ``out_dims`` (term -> prototypes K), from the epoch means of
+    the logged monitors:
+
+    - the mutual information between sample and prototype, I = H(mean P_t) - mean H(P_t), below
+      ``min_information_nats``: every sample gets the same target distribution (at initialisation this
+      is the usual state: nearly identical crops through an untrained head), whatever the entropies;
+    - a mean per-sample entropy above ``uniform_fraction * ln K``: uniform collapse;
+    - H(mean P_t) below ``one_hot_nats``: one-hot collapse (every sample maps to one prototype).
+
+    Each kind is reported once per term, with remedies measured on this project's default run (see the
+    pretrain bundle's docs/README.md, "Collapse"). The epoch means are kept in ``self.history``.
     """
 
-    def __init__(self, out_dims: Mapping[str, int], uniform_fraction: float = 0.98, one_hot_nats: float = 0.1) -> None:
+    def __init__(
+        self,
+        out_dims: Mapping[str, int],
+        uniform_fraction: float = 0.98,
+        one_hot_nats: float = 0.1,
+        min_information_nats: float = 0.1,
+        grace_epochs: int = 0,
+    ) -> None:
         self.out_dims = dict(out_dims)
         self.uniform_fraction = uniform_fraction
         self.one_hot_nats = one_hot_nats
+        self.min_information_nats = min_information_nats
+        self.grace_epochs = grace_epochs
         self.sums: dict[str, float] = {}
         self.count = 0
         self.reported: set[tuple[str, str]] = set()
+        self.history: list[dict[str, float]] = []
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.accumulate)
@@ -140,33 +157,57 @@ class CollapseMonitor:
     def accumulate(self, engine: Engine) -> None:
         output = engine.state.output
         for term in self.out_dims:
-            for kind in ("mean", "sample"):
-                key = f"teacher_entropy_{kind}_{term}"
+            for kind in ("entropy_mean", "entropy_sample", "mutual_information"):
+                key = f"teacher_{kind}_{term}"
                 if isinstance(output, Mapping) and key in output:
                     self.sums[key] = self.sums.get(key, 0.0) + float(output[key])
         self.count += 1
 
+    def _warn(self, term: str, kind: str, message: str) -> None:
+        if (term, kind) not in self.reported:
+            self.reported.add((term, kind))
+            logger.warning(message)
+
     def check(self, engine: Engine) -> None:
-        if self.count:
-            for term, k in self.out_dims.items():
-                sample = self.sums.get(f"teacher_entropy_sample_{term}", math.nan) / self.count
-                mean = self.sums.get(f"teacher_entropy_mean_{term}", math.nan) / self.count
-                if sample > self.uniform_fraction * math.log(k) and (term, "uniform") not in self.reported:
-                    self.reported.add((term, "uniform"))
-                    logger.warning(
-                        f"epoch {engine.state.epoch}: {term.upper()} teacher outputs are near uniform (mean entropy "
-                        f"{sample:.3f} of ln K = {math.log(k):.3f}): uniform collapse, the distillation target carries no "
-                        "information. Usual remedies: more data and larger batches, a higher ema_momentum (0.9995), "
-                        "a longer freeze_last_layer_epochs, a lower lr."
-                    )
-                if mean < self.one_hot_nats and (term, "one_hot") not in self.reported:
-                    self.reported.add((term, "one_hot"))
-                    logger.warning(
-                        f"epoch {engine.state.epoch}: {term.upper()} teacher maps every sample to one prototype "
-                        f"(H(mean P_t) = {mean:.3f}): one-hot collapse. Usual remedies: a higher teacher temperature "
-                        "warm-up start, a higher center_momentum, a lower lr."
-                    )
+        if not self.count:
+            return
+        means = {key: value / self.count for key, value in self.sums.items()}
+        self.history.append({"epoch": float(engine.state.epoch), **means})
         self.sums, self.count = {}, 0
+        epoch = engine.state.epoch
+        remedies = (
+            "Remedies measured on the default run: head_input_norm 'batch', centering 'sinkhorn_knopp', "
+            "more samples per step (batch_size), a smaller head_out_dim. A higher ema_momentum "
+            "makes a short run worse (the teacher stays at its random init)."
+        )
+        for term, k in self.out_dims.items():
+            sample = means.get(f"teacher_entropy_sample_{term}", math.nan)
+            mean = means.get(f"teacher_entropy_mean_{term}", math.nan)
+            information = means.get(f"teacher_mutual_information_{term}", mean - sample)
+            if epoch > self.grace_epochs and information < self.min_information_nats:
+                self._warn(
+                    term,
+                    "information",
+                    f"epoch {epoch}: {term.upper()} teacher gives every sample the same distribution (mutual "
+                    f"information H(mean P_t) - mean H(P_t) = {information:.3f} nats < {self.min_information_nats}): "
+                    f"the distillation target carries no per-sample information. {remedies}",
+                )
+            if sample > self.uniform_fraction * math.log(k):
+                self._warn(
+                    term,
+                    "uniform",
+                    f"epoch {epoch}: {term.upper()} teacher outputs are near uniform (mean entropy {sample:.3f} of "
+                    f"ln K = {math.log(k):.3f}): uniform collapse, the distillation target carries no information. "
+                    f"{remedies}",
+                )
+            if mean < self.one_hot_nats:
+                self._warn(
+                    term,
+                    "one_hot",
+                    f"epoch {epoch}: {term.upper()} teacher maps every sample to one prototype (H(mean P_t) = "
+                    f"{mean:.3f}): one-hot collapse. Usual remedies: a higher teacher temperature warm-up start, "
+                    "centering 'sinkhorn_knopp', a lower lr.",
+                )
 
 
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
@@ -200,6 +241,8 @@ class PretrainCheckpoint:
         n_saved: checkpoints kept (2).
         resume: load the newest checkpoint at start.
         model_filename: name of the encoder file ("model.pt").
+        encoder_snapshot_interval: also keep the encoder of every this many epochs as
+            ``model_epoch<E>.pt`` (0 = off), for learning curves of a frozen-feature probe after the run.
     """
 
     def __init__(
@@ -211,6 +254,7 @@ class PretrainCheckpoint:
         n_saved: int = 2,
         resume: bool = False,
         model_filename: str = "model.pt",
+        encoder_snapshot_interval: int = 0,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.objects = dict(objects)
@@ -219,6 +263,7 @@ class PretrainCheckpoint:
         self.resume = as_bool(resume, "resume")
         self.model_path = self.save_dir / model_filename
         self.n_saved = n_saved
+        self.encoder_snapshot_interval = max(0, int(encoder_snapshot_interval))
         self.checkpoint: Checkpoint | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -237,6 +282,16 @@ class PretrainCheckpoint:
             engine.add_event_handler(Events.STARTED, self.load)
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.save)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
+        if self.encoder_snapshot_interval:
+            engine.add_event_handler(Events.STARTED, self._snapshot_initial)
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.encoder_snapshot_interval), self._snapshot)
+
+    def _snapshot_initial(self, engine: Engine) -> None:
+        if engine.state.epoch == 0:  # a fresh run: the random init is the curve's first point
+            self._save_encoder(engine, self.save_dir / "model_epoch0.pt")
+
+    def _snapshot(self, engine: Engine) -> None:
+        self._save_encoder(engine, self.save_dir / f"model_epoch{engine.state.epoch}.pt")
 
     def load(self, engine: Engine) -> None:
         path = latest_checkpoint(self.save_dir)
@@ -265,11 +320,12 @@ class PretrainCheckpoint:
             self.checkpoint(engine)
         self._save_encoder(engine)
 
-    def _save_encoder(self, engine: Engine) -> None:
+    def _save_encoder(self, engine: Engine, path: Path | None = None) -> None:
         if engine.state.rank != 0:
             return
+        path = self.model_path if path is None else path
         self.save_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in unwrap(self.encoder).state_dict().items()}
-        tmp = self.model_path.with_suffix(".tmp")
+        tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
-        os.replace(tmp, self.model_path)
+        os.replace(tmp, path)

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from dagman_components.losses.distillation import DistillationCE, distribution_entropies
 
-__all__ = ["DAGMaNLoss", "HeadOutputs", "masked_l1", "DISTILLATION_TERMS"]
+__all__ = ["DAGMaNLoss", "HeadOutputs", "koleo_loss", "masked_l1", "DISTILLATION_TERMS"]
 
 DISTILLATION_TERMS = ("ampd", "aitd", "gitd")
 
@@ -24,6 +25,8 @@ class HeadOutputs:
         cls_logits: (2B, K) AITD head on the [CLS] token, or None.
         global_logits: (2B, K) GITD head on the pooled last stage, or None.
         reconstruction: (2B, C, D, H, W) AMIP prediction (student only), or None.
+        image_embedding: (2B, C) the image-level feature the KoLeo term spreads ([CLS] with SA, else
+            the pooled last stage), or None.
     """
 
     patch_logits: torch.Tensor | None = None
@@ -31,6 +34,19 @@ class HeadOutputs:
     cls_logits: torch.Tensor | None = None
     global_logits: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
+    image_embedding: torch.Tensor | None = None
+
+
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo regulariser (Sablayrolles et al. 2019; DINOv2): ``-mean_i log(min_j ||x_i - x_j||)`` of L2-normalised rows.
+
+    Pushes each sample away from its nearest neighbour in the batch, so image features cannot all
+    become the same vector. ``features``: (M, C), M >= 2; returns a scalar (float32).
+    """
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    distances = torch.cdist(x, x)
+    distances = distances + torch.eye(len(x), device=x.device, dtype=x.dtype) * 1e3  # exclude self-pairs
+    return -torch.log(distances.min(dim=1).values + eps).mean()
 
 
 def masked_l1(prediction: torch.Tensor, target: torch.Tensor, voxel_mask: torch.Tensor) -> torch.Tensor:
@@ -59,6 +75,10 @@ class DAGMaNLoss(nn.Module):
         amip_weight, ampd_weight, aitd_weight, gitd_weight: 1.0, 0.1, 0.1, 0.1 (papers, grid-searched).
         student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, center_momentum:
             see :class:`DistillationCE` (0.1, 0.04, 0.07, 30, 0.9).
+        centering: teacher target normalisation of every head, ``"center"`` (papers) or
+            ``"sinkhorn_knopp"`` (iBOT/DINOv2) **[choice]**.
+        koleo_weight: weight of the KoLeo term on the student's image embedding (0 = off, the papers;
+            DINOv2 uses 0.1) **[choice]**.
     """
 
     def __init__(
@@ -73,8 +93,13 @@ class DAGMaNLoss(nn.Module):
         teacher_temp: float = 0.07,
         warmup_teacher_temp_epochs: int = 30,
         center_momentum: float = 0.9,
+        centering: str = "center",
+        koleo_weight: float = 0.0,
     ) -> None:
         super().__init__()
+        if koleo_weight < 0:
+            raise ValueError(f"koleo_weight must be >= 0, got {koleo_weight}.")
+        self.koleo_weight = koleo_weight
         self.weights = {"amip": amip_weight, "ampd": ampd_weight, "aitd": aitd_weight, "gitd": gitd_weight}
         for name, weight in self.weights.items():
             if weight < 0:
@@ -84,7 +109,13 @@ class DAGMaNLoss(nn.Module):
         self.distillation = nn.ModuleDict(
             {
                 name: DistillationCE(
-                    out_dim, student_temp, warmup_teacher_temp, teacher_temp, warmup_teacher_temp_epochs, center_momentum
+                    out_dim,
+                    student_temp,
+                    warmup_teacher_temp,
+                    teacher_temp,
+                    warmup_teacher_temp_epochs,
+                    center_momentum,
+                    centering=centering,
                 )
                 for name in DISTILLATION_TERMS
                 if self.weights[name] > 0
@@ -124,8 +155,9 @@ class DAGMaNLoss(nn.Module):
 
         Returns:
             ``total`` (with grad), ``amip``, ``ampd``, ``aitd``, ``gitd`` (detached, 0 when off)
-            and the collapse monitors ``teacher_entropy_mean_<term>`` = H(mean P_t) and
-            ``teacher_entropy_sample_<term>`` = mean H(P_t).
+            (``koleo`` too when on) and the collapse monitors ``teacher_entropy_mean_<term>`` =
+            H(mean P_t), ``teacher_entropy_sample_<term>`` = mean H(P_t) and
+            ``teacher_mutual_information_<term>`` = their difference (0: no per-sample information).
         """
         zero = images.new_zeros((), dtype=torch.float32)
         terms: dict[str, torch.Tensor] = {name: zero for name in self.weights}
@@ -137,9 +169,10 @@ class DAGMaNLoss(nn.Module):
         def distill(name: str, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
             ce = self.distillation[name]
             probs = ce.teacher_probabilities(teacher_logits)
-            monitors[f"teacher_entropy_mean_{name}"], monitors[f"teacher_entropy_sample_{name}"] = (
-                t.detach() for t in distribution_entropies(probs)
-            )
+            entropy_of_mean, mean_entropy = (t.detach() for t in distribution_entropies(probs))
+            monitors[f"teacher_entropy_mean_{name}"] = entropy_of_mean
+            monitors[f"teacher_entropy_sample_{name}"] = mean_entropy
+            monitors[f"teacher_mutual_information_{name}"] = entropy_of_mean - mean_entropy
             pending_centers.append((ce, teacher_logits))
             return ce(student_logits, probs)
 
@@ -159,6 +192,11 @@ class DAGMaNLoss(nn.Module):
                 # student view a learns from the teacher's other view: roll the teacher by one view
                 terms[name] = distill(name, s_logits, t_logits.roll(batch, dims=0)).mean()
         total = sum(self.weights[name] * terms[name] for name in self.weights if self.active(name))
+        if self.koleo_weight > 0:
+            if student.image_embedding is None:
+                raise ValueError("koleo_weight > 0 needs the student's image_embedding in its HeadOutputs.")
+            terms["koleo"] = koleo_loss(student.image_embedding)
+            total = total + self.koleo_weight * terms["koleo"]
         # centers move after the loss, as in DINO, so this step's targets used the previous center
         for ce, teacher_logits in pending_centers:
             ce.update_center(teacher_logits)

@@ -7,7 +7,11 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["DistillationCE", "teacher_temperature", "distribution_entropies"]
+__all__ = ["CENTERING_MODES", "DistillationCE", "sinkhorn_knopp", "teacher_temperature", "distribution_entropies"]
+
+#: how teacher logits become targets: ``"center"`` (DINO/SMIT: subtract an EMA center, then a
+#: sharpened softmax) or ``"sinkhorn_knopp"`` (iBOT/DINOv2: equipartition of the batch over the prototypes)
+CENTERING_MODES: tuple[str, ...] = ("center", "sinkhorn_knopp")
 
 
 def teacher_temperature(epoch: int, warmup_temp: float = 0.04, final_temp: float = 0.07, warmup_epochs: int = 30) -> float:
@@ -19,11 +23,52 @@ def teacher_temperature(epoch: int, warmup_temp: float = 0.04, final_temp: float
     return warmup_temp + (final_temp - warmup_temp) * epoch / (warmup_epochs - 1)
 
 
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """Teacher targets by Sinkhorn-Knopp equipartition (SwAV, iBOT/DINOv2's ``sinkhorn_knopp_teacher``).
+
+    Alternately normalises ``exp(logits / temperature)`` so every prototype gets the same mass over the
+    batch and every sample a distribution: samples that are nearly alike still get different targets,
+    which the EMA center cannot give a batch of a few crops. Under DDP the sums run over all ranks.
+
+    Args:
+        logits: (M, K) teacher logits.
+        temperature: tau_t.
+        iterations: normalisation rounds (3, DINOv2).
+
+    Returns:
+        (M, K) float32, each row sums to 1.
+    """
+    scores = logits.detach().float() / temperature
+    q = torch.exp(scores - scores.max()).t()  # (K, M); the global max keeps exp finite and cancels out
+    distributed = dist.is_available() and dist.is_initialized()
+    n_samples = torch.tensor(float(q.shape[1]), device=q.device)
+    if distributed:
+        dist.all_reduce(n_samples)
+    n_prototypes = q.shape[0]
+
+    def total(x: torch.Tensor) -> torch.Tensor:
+        if distributed:
+            dist.all_reduce(x)
+        return x
+
+    q /= total(q.sum())
+    for _ in range(iterations):
+        q /= total(q.sum(dim=1, keepdim=True)).clamp_min(1e-30)
+        q /= n_prototypes
+        q /= q.sum(dim=0, keepdim=True).clamp_min(1e-30)
+        q /= n_samples
+    return (q * n_samples).t()
+
+
 def distribution_entropies(probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Collapse monitors for (M, K) probabilities: H(mean P) and mean_i H(P_i), in nats.
 
     H(mean P) -> 0 means every sample maps to one prototype (one-hot collapse); a per-sample
-    entropy near ln K means uniform outputs (uniform collapse).
+    entropy near ln K means uniform outputs (uniform collapse). Their difference
+    H(mean P) - mean H(P) is the mutual information between sample and prototype: near 0, every
+    sample gets the same distribution (the targets carry no per-sample information), whatever
+    either entropy is.
     """
     eps = 1e-12
     mean = probs.mean(dim=0)
@@ -42,6 +87,9 @@ class DistillationCE(nn.Module):
         teacher_temp: tau_t after warm-up (0.07).
         warmup_teacher_temp_epochs: warm-up length in epochs (30).
         center_momentum: ``c <- m c + (1 - m) mean(t)`` (0.9), all-reduced under DDP.
+        centering: ``"center"`` (DINO/SMIT, the papers') or ``"sinkhorn_knopp"`` (iBOT/DINOv2) **[choice]**,
+            see :data:`CENTERING_MODES`; with Sinkhorn-Knopp the center is still tracked (a monitor) but not used.
+        sinkhorn_iterations: Sinkhorn-Knopp rounds (3).
 
     The current tau_t is ``self.teacher_temp``; :meth:`set_epoch` moves it along the schedule
     (the trainer's temperature handler calls it at every epoch start).
@@ -55,8 +103,14 @@ class DistillationCE(nn.Module):
         teacher_temp: float = 0.07,
         warmup_teacher_temp_epochs: int = 30,
         center_momentum: float = 0.9,
+        centering: str = "center",
+        sinkhorn_iterations: int = 3,
     ) -> None:
         super().__init__()
+        if centering not in CENTERING_MODES:
+            raise ValueError(f"centering must be one of {CENTERING_MODES}, got {centering!r}.")
+        self.centering = centering
+        self.sinkhorn_iterations = sinkhorn_iterations
         self.student_temp = student_temp
         self.warmup_teacher_temp = warmup_teacher_temp
         self.final_teacher_temp = teacher_temp
@@ -73,7 +127,9 @@ class DistillationCE(nn.Module):
         return self.teacher_temp
 
     def teacher_probabilities(self, teacher_logits: torch.Tensor) -> torch.Tensor:
-        """(M, K) teacher logits -> centred, sharpened probabilities (float32, no grad)."""
+        """(M, K) teacher logits -> centred (or Sinkhorn-Knopp), sharpened probabilities (float32, no grad)."""
+        if self.centering == "sinkhorn_knopp":
+            return sinkhorn_knopp(teacher_logits, self.teacher_temp, self.sinkhorn_iterations)
         return F.softmax((teacher_logits.detach().float() - self.center) / self.teacher_temp, dim=-1)
 
     def forward(self, student_logits: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:

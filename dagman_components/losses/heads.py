@@ -8,7 +8,25 @@ import torch.nn.functional as F
 from monai.networks.layers import trunc_normal_
 from monai.networks.utils import pixelshuffle
 
-__all__ = ["DINOHead", "ReconstructionHead"]
+__all__ = ["HEAD_INPUT_NORMS", "DINOHead", "ReconstructionHead", "batch_standardize"]
+
+#: normalisation of a DINO head's input rows: ``"none"`` (DINO/SMIT) or ``"batch"`` (per-feature
+#: standardisation over the rows of the step, always with the step's own statistics)
+HEAD_INPUT_NORMS: tuple[str, ...] = ("none", "batch")
+
+
+def batch_standardize(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Per-feature standardisation of (M, C) rows with this batch's mean and variance (BatchNorm without affine or running stats).
+
+    At initialisation the crops of a batch give nearly the same token (a shared direction dominates
+    every feature), so a head sees one point and the teacher gives every sample the same target.
+    Removing the batch mean and scaling each feature to unit variance keeps the differences between
+    samples, in train and eval mode alike (teacher and student use the statistics of their own rows).
+    One row is returned unchanged. Under DDP the statistics are per process.
+    """
+    if x.shape[0] < 2:
+        return x
+    return F.batch_norm(x, None, None, training=True, eps=eps)
 
 
 class DINOHead(nn.Module):
@@ -25,6 +43,8 @@ class DINOHead(nn.Module):
         bottleneck_dim: bottleneck size before the prototypes (256).
         num_layers: MLP layers (3).
         norm_last_layer: freeze the weight-norm gain (True, DINO's stable setting).
+        input_norm: ``"none"`` (DINO/SMIT, the papers) or ``"batch"`` (:func:`batch_standardize` on the
+            input rows) **[choice]**; see :data:`HEAD_INPUT_NORMS`.
     """
 
     def __init__(
@@ -35,10 +55,14 @@ class DINOHead(nn.Module):
         bottleneck_dim: int = 256,
         num_layers: int = 3,
         norm_last_layer: bool = True,
+        input_norm: str = "none",
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"DINOHead needs num_layers >= 1, got {num_layers}.")
+        if input_norm not in HEAD_INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {HEAD_INPUT_NORMS}, got {input_norm!r}.")
+        self.input_norm = input_norm
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -62,6 +86,9 @@ class DINOHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: (M, in_dim) -> logits (M, out_dim), float32 (normalisation runs in fp32 under AMP)."""
+        if self.input_norm == "batch":
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = batch_standardize(x.float())
         x = F.normalize(self.mlp(x).float(), dim=-1, eps=1e-6)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.last_layer(x)

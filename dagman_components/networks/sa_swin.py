@@ -39,6 +39,9 @@ class EncoderOutput:
         head_attention: (B, heads, N) per-head [CLS] attention, or None without SA.
         pooled: (B, 16F) average-pooled last stage.
         grid_size: the SA-stage token grid per input axis, N = prod(grid_size) (tokens in row-major order).
+        premerge_tokens: (B, 8N, C/2) layer-normalised tokens of the SA stage *before* its patch merging
+            (stride ``token_stride / 2``; SMART sec. III-C computes AMPD there), on the grid
+            ``2 * grid_size``, row-major; None unless the forward was asked for them.
     """
 
     hidden_states: list[torch.Tensor]
@@ -49,6 +52,7 @@ class EncoderOutput:
     head_attention: torch.Tensor | None
     pooled: torch.Tensor
     grid_size: tuple[int, int, int]
+    premerge_tokens: torch.Tensor | None = None
 
     def attention_volume(self, spatial_size: Sequence[int], per_head: bool = False) -> torch.Tensor:
         """SATT as an image aligned with the encoder's input (the papers' explanation / localization map).
@@ -181,13 +185,23 @@ class SASwinEncoder(nn.Module):
                 f"{tuple(int(s) for s in spatial_shape)}; crop or pad the image (e.g. roi_size 64, 96 or 128)."
             )
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        return_premerge: bool = False,
+        stop_after_sa: bool = False,
+    ) -> EncoderOutput:
         """Encode ``x`` (B, in_channels, D, H, W), replacing masked tokens by the mask token.
 
         Args:
             x: input volume, D, H, W multiples of ``min_input_multiple``.
             mask: (B, N) boolean on the SA-stage token grid, True = masked (replaced by the mask
                 token after the patch embedding), or None.
+            return_premerge: also return the SA stage's tokens before its patch merging
+                (``EncoderOutput.premerge_tokens``).
+            stop_after_sa: skip the stages after the SA stage (enough for SATT, [CLS] and ``tokens``);
+                ``hidden_states`` then ends at the SA stage and ``pooled`` pools that stage.
         """
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"SASwinEncoder expects (B, {self.in_channels}, D, H, W), got {tuple(x.shape)}.")
@@ -206,8 +220,22 @@ class SASwinEncoder(nn.Module):
         x_stage = swin.pos_drop(x0)
         hidden_states = [swin.proj_out(x_stage, normalize=True)]
         sa_out = None
+        premerge: list[torch.Tensor] = []
         for stage, layers in enumerate((swin.layers1, swin.layers2, swin.layers3, swin.layers4), start=1):
-            x_stage = layers[0](x_stage.contiguous())
+            if stage > self.sa_stage and stop_after_sa:
+                break
+            capture = return_premerge and stage == self.sa_stage and layers[0].downsample is not None
+            # MONAI's BasicLayer merges patches inside its forward; its input (B, D, H, W, C) is the pre-merge map
+            handle = (
+                layers[0].downsample.register_forward_pre_hook(lambda _module, args: premerge.append(args[0]))
+                if capture
+                else None
+            )
+            try:
+                x_stage = layers[0](x_stage.contiguous())
+            finally:
+                if handle is not None:
+                    handle.remove()
             stage_map = swin.proj_out(x_stage, normalize=True)
             if stage == self.sa_stage:
                 tokens = stage_map.flatten(2).transpose(1, 2)
@@ -217,8 +245,13 @@ class SASwinEncoder(nn.Module):
                         x_stage = sa_out.features
                         stage_map = swin.proj_out(x_stage, normalize=True)
             hidden_states.append(stage_map)
+        premerge_tokens = None
+        if premerge:
+            channels_last = premerge[0]
+            premerge_tokens = F.layer_norm(channels_last, channels_last.shape[-1:]).flatten(1, 3)
         return EncoderOutput(
             hidden_states=hidden_states,
+            premerge_tokens=premerge_tokens,
             tokens=tokens,
             sa_tokens=None if sa_out is None else sa_out.tokens,
             cls=None if sa_out is None else sa_out.cls,

@@ -55,19 +55,44 @@ def test_one_step_ema_arithmetic_and_no_gradient_in_the_teacher():
     assert changed > 0
 
 
-def test_teacher_sees_the_dropped_view_and_the_student_the_guided_mask():
-    trainer = make_trainer(n_batches=1, hint_mode="top")
+def _record_encoder_calls(trainer):
     calls = {"teacher": [], "student": []}
-    trainer.teacher.encoder.register_forward_hook(lambda m, args, out: calls["teacher"].append((args[1], out.satt)))
+    trainer.teacher.encoder.register_forward_hook(
+        lambda m, args, kwargs, out: calls["teacher"].append((args[1], kwargs.get("stop_after_sa", False), out.satt)),
+        with_kwargs=True,
+    )
     trainer.network.encoder.register_forward_hook(lambda m, args, out: calls["student"].append(args[1]))
+    return calls
+
+
+def test_teacher_sees_the_dropped_view_and_the_student_a_mask_from_the_clean_teacher():
+    trainer = make_trainer(n_batches=1, hint_mode="top")
+    calls = _record_encoder_calls(trainer)
     trainer.run()
-    (teacher_mask, teacher_satt), = calls["teacher"]
+    (teacher_mask, noisy_stop, noisy_satt), (clean_mask, clean_stop, clean_satt) = calls["teacher"]
     student_mask, = calls["student"]
     n_tokens = 8
     assert teacher_mask.shape == (4, n_tokens) and teacher_mask.sum(1).tolist() == [5] * 4  # floor(0.7 * 8)
-    expected = attention_guided_mask(teacher_satt, 0.7, 0.1, hint_mode="top")
+    assert clean_mask is None and clean_stop and not noisy_stop
+    expected = attention_guided_mask(clean_satt, 0.7, 0.1, hint_mode="top")
     assert torch.equal(student_mask, expected)
+    assert not torch.allclose(clean_satt, noisy_satt)  # the dropout changes the map, so the source matters
     assert trainer.state.output["mask_ratio"] == pytest.approx(expected.float().mean().item())
+
+
+def test_noisy_satt_source_masks_from_the_dropped_pass():
+    trainer = make_trainer(n_batches=1, hint_mode="top", satt_source="noisy")
+    calls = _record_encoder_calls(trainer)
+    trainer.run()
+    (teacher_mask, _, noisy_satt), = calls["teacher"]
+    student_mask, = calls["student"]
+    assert teacher_mask is not None
+    assert torch.equal(student_mask, attention_guided_mask(noisy_satt, 0.7, 0.1, hint_mode="top"))
+
+
+def test_unknown_satt_source_is_rejected():
+    with pytest.raises(ValueError, match="satt_source"):
+        make_trainer(satt_source="dirty")
 
 
 def test_clean_teacher_gets_no_mask():
@@ -155,15 +180,37 @@ def test_collapse_monitor_warns_on_uniform_and_one_hot_teachers(caplog):
         monitor.accumulate(engine)
         monitor.check(engine)  # reported once only
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 2
-    assert "AITD" in messages[0] and "uniform collapse" in messages[0]
-    assert "GITD" in messages[1] and "one-hot collapse" in messages[1]
+    assert len(messages) == 4  # each kind once per term: no per-sample information + uniform / one-hot
+    assert "AITD" in messages[0] and "same distribution" in messages[0]
+    assert "AITD" in messages[1] and "uniform collapse" in messages[1]
+    assert "GITD" in messages[2] and "same distribution" in messages[2]
+    assert "GITD" in messages[3] and "one-hot collapse" in messages[3]
+    assert all("higher ema_momentum (0.9995)" not in m for m in messages)  # advice that made short runs worse
     healthy = CollapseMonitor({"aitd": 64})
     engine.state.output = {"teacher_entropy_sample_aitd": 2.0, "teacher_entropy_mean_aitd": 3.5}
     caplog.clear()
     healthy.accumulate(engine)
     healthy.check(engine)
     assert not caplog.records
+
+
+def test_collapse_monitor_warns_when_every_sample_gets_the_same_distribution(caplog):
+    from types import SimpleNamespace
+
+    from dagman_components.engines import CollapseMonitor
+
+    # the state of the papers' heads at init: H(mean P) = mean H(P) = 3.57, far from both entropy bounds
+    monitor = CollapseMonitor({"ampd": 1024})
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=1, output={
+        "teacher_entropy_sample_ampd": 3.57, "teacher_entropy_mean_ampd": 3.572,
+        "teacher_mutual_information_ampd": 0.002,
+    }))
+    with caplog.at_level("WARNING"):
+        monitor.accumulate(engine)
+        monitor.check(engine)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and "mutual information" in messages[0] and "0.002" in messages[0]
+    assert monitor.history[0]["teacher_mutual_information_ampd"] == pytest.approx(0.002)
 
 
 def test_bf16_autocast_and_gradient_checkpointing_train_50_iterations_without_nans():
