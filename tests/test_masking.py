@@ -104,3 +104,11 @@ def test_upsampling_to_patches_and_voxels():
     assert up[0, :3, :3, :3].all() and up[0, 3:, 3:, 3:].all() and up.sum() == 2 * 27
     voxels = token_mask_to_voxels(mask, (2, 2, 2), 16)
     assert voxels.shape == (1, 1, 32, 32, 32) and voxels.sum() == 2 * 16**3
+
+
+def test_block_mask_follows_the_generator():
+    def draw(seed):
+        return block_mask(3, (2, 4, 6), 0.5, generator=torch.Generator().manual_seed(seed))
+
+    assert torch.equal(draw(1), draw(1))
+    assert not torch.equal(draw(1), draw(2))

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 from ignite.engine import Events
+from monai.engines.utils import IterationEvents
 
 from dagman_components.engines import (
     CoDistillationTrainer,
@@ -232,3 +233,79 @@ def test_checkpoint_interval_and_final_save(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_2.pt", "checkpoint_3.pt"]
     state = torch.load(tmp_path / "checkpoint_3.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 3 and set(state) >= {"student", "trainer", "checkpointer"}
+
+
+def _blob_batches(n_batches, batch=2, seed=0):
+    """Crops with structure: a bright ball of random size, place and contrast on a noisy background."""
+    g = torch.Generator().manual_seed(seed)
+    axis = torch.arange(ROI, dtype=torch.float32)
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
+
+    def crop():
+        centre = torch.rand(3, generator=g) * ROI
+        radius = 3 + 8 * float(torch.rand((), generator=g))
+        inside = ((zz - centre[0]) ** 2 + (yy - centre[1]) ** 2 + (xx - centre[2]) ** 2) < radius**2
+        background = 0.2 * float(torch.rand((), generator=g))
+        return (background + 0.7 * inside.float() * float(torch.rand((), generator=g)) + 0.05 * torch.rand(ROI, ROI, ROI, generator=g))[None]
+
+    return [{key: torch.stack([crop() for _ in range(batch)]) for key in ("view_1", "view_2")} for _ in range(n_batches)]
+
+
+def _variant_trainer(head_input_norm="batch", use_sa=True, weights=None, ampd_tokens="premerge", n_batches=1, max_epochs=1,
+                     batch=2, **kwargs):
+    weights = {"ampd_weight": 0.1, "aitd_weight": 0.1 if use_sa else 0.0, "gitd_weight": 0.1, **(weights or {})}
+    torch.manual_seed(0)
+    encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), use_semantic_attention=use_sa,
+                            drop_path_rate=0.1)
+    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, ampd_tokens=ampd_tokens,
+                                head_input_norm=head_input_norm, ampd_head=weights["ampd_weight"] > 0,
+                                aitd_head=weights["aitd_weight"] > 0, gitd_head=weights["gitd_weight"] > 0,
+                                amip_head=weights.get("amip_weight", 1.0) > 0)
+    loss = DAGMaNLoss(out_dim=64, warmup_teacher_temp_epochs=1, teacher_temp=0.04, **weights)
+    optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
+    return CoDistillationTrainer("cpu", max_epochs, _blob_batches(n_batches, batch), model, optimizer, loss,
+                                 masking="attention_high" if use_sa else "random", freeze_last_layer_epochs=0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "use_sa, weights, ampd_tokens",
+    [
+        (False, {}, "premerge"),  # SMIT / NT only
+        (True, {}, "premerge"),  # DAGMaN / SA only
+        (True, {"aitd_weight": 0.0}, "stage"),  # the case a DDP run with find_unused_parameters=False rejected
+        (True, {"aitd_weight": 0.0}, "premerge"),
+        (True, {"ampd_weight": 0.0}, "premerge"),
+        (True, {"gitd_weight": 0.0}, "sa"),
+        (True, {"amip_weight": 0.0}, "stage"),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient_in_every_variant(use_sa, weights, ampd_tokens):
+    trainer = _variant_trainer(use_sa=use_sa, weights=weights, ampd_tokens=ampd_tokens)
+    without_grad = []
+
+    def check(engine):
+        without_grad.extend(n for n, p in engine.network.named_parameters() if p.requires_grad and p.grad is None)
+
+    trainer.add_event_handler(IterationEvents.BACKWARD_COMPLETED, check)
+    trainer.run()
+    assert without_grad == []
+
+
+def test_a_short_run_gives_each_sample_its_own_distillation_target():
+    """With the batch-standardised heads the teacher's targets differ between samples; without, they do not."""
+    information = {}
+    for norm in ("batch", "none"):
+        trainer = _variant_trainer(head_input_norm=norm, n_batches=3, max_epochs=3, batch=4)
+        trainer.run()
+        information[norm] = {t: trainer.state.output[f"teacher_mutual_information_{t}"] for t in ("ampd", "aitd", "gitd")}
+        if norm == "batch":
+            for term in ("ampd", "aitd", "gitd"):
+                assert trainer.state.output[f"teacher_entropy_sample_{term}"] <= 0.8 * math.log(64), term
+            for term in ("aitd", "gitd"):
+                # (AMPD's toy patch head, bottleneck 16 at tau 0.04, uses few prototypes: its bound is I below)
+                assert trainer.state.output[f"teacher_entropy_mean_{term}"] >= 0.5 * math.log(64), term
+            assert information["batch"]["ampd"] > 0.5, information
+    for term in ("aitd", "gitd"):  # 8 samples a step: I <= ln 8 = 2.08
+        assert information["batch"][term] > 0.5, information
+    # the [CLS] of an untrained SA module is the same vector for every crop: the plain head gives one target to all
+    assert information["none"]["aitd"] < 0.1 * information["batch"]["aitd"], information

@@ -62,3 +62,69 @@ def test_dino_head_shapes_normalisation_and_frozen_gain():
     assert not gain.requires_grad and torch.all(gain == 1)
     # with gain 1 every prototype has unit norm, so logits are cosines in [-1, 1]
     assert out.abs().max() <= 1.0 + 1e-5
+
+
+def test_sinkhorn_knopp_targets_have_equal_prototype_mass_and_unit_rows():
+    from dagman_components.losses.distillation import sinkhorn_knopp
+
+    torch.manual_seed(0)
+    logits = torch.randn(12, 6)
+    q = sinkhorn_knopp(logits, temperature=0.1, iterations=50)
+    assert torch.allclose(q.sum(dim=1), torch.ones(12), atol=1e-5)
+    # every prototype gets the same share of the batch: M / K samples' worth
+    assert torch.allclose(q.sum(dim=0), torch.full((6,), 12 / 6), atol=1e-3)
+    # a plain softmax of the same logits does not: the test can tell the two apart
+    assert not torch.allclose(F.softmax(logits / 0.1, -1).sum(0), torch.full((6,), 2.0), atol=1e-1)
+
+
+def test_unknown_centering_is_rejected():
+    with pytest.raises(ValueError, match="centering"):
+        DistillationCE(8, centering="sinkhorn")
+
+
+def test_dagman_loss_logs_the_mutual_information_of_each_head():
+    from dagman_components.losses import DAGMaNLoss, HeadOutputs, koleo_loss
+
+    torch.manual_seed(0)
+    loss = DAGMaNLoss(out_dim=16, amip_weight=0.0, ampd_weight=0.0, koleo_weight=0.1)
+    student = HeadOutputs(cls_logits=torch.randn(4, 16), global_logits=torch.randn(4, 16), image_embedding=torch.randn(4, 8))
+    teacher = HeadOutputs(cls_logits=torch.randn(4, 16), global_logits=torch.randn(4, 16))
+    out = loss(student, teacher, torch.zeros(4, 1, 2, 2, 2), torch.zeros(4, 1, 2, 2, 2))
+    for term in ("aitd", "gitd"):
+        expected = out[f"teacher_entropy_mean_{term}"] - out[f"teacher_entropy_sample_{term}"]
+        assert torch.allclose(out[f"teacher_mutual_information_{term}"], expected)
+    without = DAGMaNLoss(out_dim=16, amip_weight=0.0, ampd_weight=0.0)(student, teacher, torch.zeros(4, 1, 2, 2, 2),
+                                                                       torch.zeros(4, 1, 2, 2, 2))
+    assert torch.allclose(out["total"], without["total"] + 0.1 * koleo_loss(student.image_embedding), atol=1e-6)
+
+
+def test_koleo_is_lower_for_spread_features():
+    from dagman_components.losses import koleo_loss
+
+    torch.manual_seed(0)
+    spread = torch.eye(4)
+    bunched = torch.ones(4, 4) + 0.01 * torch.randn(4, 4)
+    assert koleo_loss(spread) < koleo_loss(bunched)
+    features = bunched.clone().requires_grad_(True)
+    koleo_loss(features).backward()
+    assert features.grad.abs().sum() > 0
+
+
+def test_batch_standardised_head_input_keeps_differences_between_near_identical_rows():
+    from dagman_components.losses.heads import batch_standardize
+
+    torch.manual_seed(0)
+    rows = torch.randn(1, 16) * 10 + 0.1 * torch.randn(6, 16)
+    standardised = batch_standardize(rows)
+    assert torch.allclose(standardised.mean(0), torch.zeros(16), atol=1e-3)
+    assert torch.allclose(standardised.std(0, unbiased=False), torch.ones(16), atol=1e-2)
+    head = DINOHead(16, out_dim=32, hidden_dim=16, bottleneck_dim=8, input_norm="batch").eval()
+    plain = DINOHead(16, out_dim=32, hidden_dim=16, bottleneck_dim=8)
+    plain.load_state_dict(head.state_dict())
+    plain.eval()
+    cosine = lambda x: F.cosine_similarity(x[0:1], x[1:]).mean()  # noqa: E731
+    # the plain head maps near-identical rows to one point; the batch-standardised head (in eval, as the teacher) does not
+    assert cosine(plain(rows)) > 0.99 and cosine(head(rows)) < 0.9
+    assert torch.equal(batch_standardize(rows[:1]), rows[:1])
+    with pytest.raises(ValueError, match="input_norm"):
+        DINOHead(16, input_norm="layer")
