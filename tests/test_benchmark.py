@@ -29,7 +29,7 @@ def test_writes_every_documented_figure(tmp_path, capsys):
     result = main(**TINY, memory=False, output=str(output))
     saved = json.loads(output.read_text())
     assert saved["ratio_dagman_to_lower_bound"] == pytest.approx(result["ratio_dagman_to_lower_bound"])
-    for name in ("lower_bound", "dagman", "smit"):
+    for name in ("lower_bound", "dagman", "dagman_noisy_satt", "smit"):
         row = saved["variants"][name]
         assert len(row["times_s"]) == 2 and row["median_s_per_iteration"] > 0
         assert row["volumes_per_s"] == pytest.approx(2 / row["median_s_per_iteration"])
@@ -37,7 +37,10 @@ def test_writes_every_documented_figure(tmp_path, capsys):
     assert saved["ratio_dagman_to_smit"] == pytest.approx(
         rows["dagman"]["median_s_per_iteration"] / rows["smit"]["median_s_per_iteration"])
     assert saved["data_to_step_throughput"] == pytest.approx(saved["data_volumes_per_s"] / rows["dagman"]["volumes_per_s"])
+    assert saved["ratio_clean_to_noisy_satt"] == pytest.approx(
+        rows["dagman"]["median_s_per_iteration"] / rows["dagman_noisy_satt"]["median_s_per_iteration"])
     table = capsys.readouterr().out
+    assert "clean / noisy SATT" in table
     assert "ratio DAGMaN / lower bound" in table and "data / step throughput" in table
 
 
