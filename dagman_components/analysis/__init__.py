@@ -1,4 +1,12 @@
-"""Analyses of a pretrained encoder that the papers report (clustering, head diversity, localization)."""
+"""Analyses of a pretrained encoder: those the papers report (clustering, head diversity, localization) and a frozen-feature probe."""
+
+import warnings
+
+# `python -m dagman_components.analysis.probe` runs a module this package has already imported (for its
+# exports); runpy warns about that, harmlessly: the command-line run uses the __main__ copy throughout
+warnings.filterwarnings(
+    "ignore", message=r"'dagman_components\.analysis\.probe' found in sys\.modules", category=RuntimeWarning
+)
 
 from .attention_export import (
     AttentionMapNetwork,
@@ -29,6 +37,26 @@ from .features import (
 )
 from .head_diversity import SwinAttentionStatistics, compute_head_diversity, plot_head_diversity, run_head_diversity
 from .localization import image_label_datalist, run_zero_shot_localization, zero_shot_localization
+from .probe import (
+    DEFAULT_ENCODER_KWARGS,
+    PROBE_FEATURES,
+    ProbeBlocks,
+    ProbeData,
+    block_features,
+    clear_probe_cache,
+    encoder_kwargs_from_config,
+    encoder_kwargs_from_encoder,
+    evaluate_encoder,
+    grouped_folds,
+    label_organ_blocks,
+    label_tumour_blocks,
+    linear_probe,
+    organ_knn,
+    prepare_probe_data,
+    probe_baselines,
+    run_probe,
+)
+from .probe_handler import ProbeHandler, plot_probe_curve
 
 __all__: list[str] = [
     "FEATURE_SCALINGS",
@@ -59,4 +87,23 @@ __all__: list[str] = [
     "attention_export_postprocessing",
     "attention_export_preprocessing",
     "export_attention",
+    "DEFAULT_ENCODER_KWARGS",
+    "PROBE_FEATURES",
+    "ProbeBlocks",
+    "ProbeData",
+    "ProbeHandler",
+    "block_features",
+    "clear_probe_cache",
+    "encoder_kwargs_from_config",
+    "encoder_kwargs_from_encoder",
+    "evaluate_encoder",
+    "grouped_folds",
+    "label_organ_blocks",
+    "label_tumour_blocks",
+    "linear_probe",
+    "organ_knn",
+    "plot_probe_curve",
+    "prepare_probe_data",
+    "probe_baselines",
+    "run_probe",
 ]
