@@ -72,15 +72,19 @@ def test_check_properties_and_defaults_are_the_papers(bundle_copy):
     parser = wf.parser
     for key, value in {"mask_ratio": 0.7, "hint_ratio": 0.1, "teacher_drop_ratio": 0.7, "ampd_weight": 0.1,
                        "aitd_weight": 0.1, "gitd_weight": 0.1, "amip_weight": 1.0, "ema_momentum": 0.996,
-                       "student_temp": 0.1, "teacher_temp": 0.07, "warmup_teacher_temp": 0.04, "sa_stage": 3,
+                       "student_temp": 0.1, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04, "sa_stage": 3,
                        "drop_path_rate": 0.1, "lr": 8e-4, "masking": "attention_high"}.items():
         assert parser[key] == value, key
+    # the choices where train.yaml departs from the papers' heads (docs/README.md, Collapse)
+    assert parser["head_input_norm"] == "batch" and parser["centering"] == "center" and parser["koleo_weight"] == 0.0
+    assert parser["satt_source"] == "clean" and parser["ampd_tokens"] == "premerge"
     paper = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "paper.yaml")],
         meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False, workflow_type="train",
     ).parser
     assert paper["roi_size"] == [128, 128, 128] and paper["num_epochs"] == 800 and paper["warmup_epochs"] == 80
     assert paper["feature_size"] == 48 and paper["head_out_dim"] == 8192 and paper["lr"] == 8e-4
+    assert paper["teacher_temp"] == 0.07  # the papers' (SMIT) value
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(bundle_copy):
