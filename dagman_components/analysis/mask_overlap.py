@@ -11,14 +11,13 @@ trainer); each gives the student's attention-guided mask (r = 0.7, s = 0.1). Rep
 - ``mask_iou``: IoU of the clean and the noisy mask (two random masks: about 0.45 at these ratios).
 
 Run: ``python -m dagman_components.analysis.mask_overlap --encoder_path model.pt --data_dir ../shared/data/real``
-(``--config_file`` takes the pretraining config(s) whose ``encoder_def`` builds the encoder).
+(``--config_file`` takes the pretraining config(s) whose ``encoder_def`` builds the encoder, as the probe does).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,24 +35,9 @@ from dagman_components.analysis.localization import (
 from dagman_components.masking import attention_guided_mask, patch_dropout
 from dagman_components.networks import SASwinEncoder
 
-__all__ = ["encoder_from_config", "main", "mask_tumour_overlap", "run_mask_overlap"]
+__all__ = ["main", "mask_tumour_overlap", "run_mask_overlap"]
 
 logger = logging.getLogger(__name__)
-
-
-def encoder_from_config(
-    config_file: str | Sequence[str], encoder_path: str | os.PathLike | None = None, **overrides: Any
-) -> SASwinEncoder:
-    """The ``encoder_def`` of pretraining config file(s) (``overrides`` as on the command line), loaded from ``encoder_path``."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file))
-    parser.update(dict(overrides))
-    encoder = parser.get_parsed_content("encoder_def", instantiate=True)
-    if encoder_path is not None:
-        encoder.load_pretrained(encoder_path)
-    return encoder.eval()
 
 
 def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -145,8 +129,10 @@ def run_mask_overlap(
 
     Without ``encoder_path`` the encoder is the config's random initialisation at ``seed``.
     """
+    from dagman_components.analysis.probe import build_encoder
+
     torch.manual_seed(seed)
-    encoder = encoder_from_config(config_file, encoder_path, **encoder_overrides)
+    encoder, _ = build_encoder(encoder_path, encoder_overrides, config_file)
     cases = image_label_datalist(Path(data_dir) / "sts", image_glob="*/CT_image.nii.gz", label_replace=("CT_image", "CT_mask"))
     result = mask_tumour_overlap(encoder, cases, roi_size=roi_size, crops_per_case=crops_per_case, seed=seed)
     result["settings"].update(encoder_path=encoder_path, config_file=config_file, data_dir=str(data_dir))

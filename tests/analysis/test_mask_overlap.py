@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dagman_components.analysis.mask_overlap import encoder_from_config, mask_tumour_overlap
+from dagman_components.analysis.mask_overlap import mask_tumour_overlap
+from dagman_components.analysis.probe import build_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -14,7 +15,7 @@ def test_mask_overlap_on_two_real_tumours():
     from dagman_components.analysis.localization import image_label_datalist
 
     torch.manual_seed(0)
-    encoder = encoder_from_config(str(REPO / "bundles/pretrain/configs/train.yaml"), depths=[1, 1, 1, 1])
+    encoder, _ = build_encoder(None, {"depths": [1, 1, 1, 1]}, str(REPO / "bundles/pretrain/configs/train.yaml"))
     cases = image_label_datalist(REAL / "sts", image_glob="STS_00[12]/CT_image.nii.gz", label_replace=("CT_image", "CT_mask"))
     result = mask_tumour_overlap(encoder, cases, crops_per_case=1)
     assert result["settings"]["n_crops"] == 2
@@ -25,7 +26,7 @@ def test_mask_overlap_on_two_real_tumours():
 
 
 def test_mask_overlap_needs_semantic_attention():
-    encoder = encoder_from_config(str(REPO / "bundles/pretrain/configs/train.yaml"), use_semantic_attention=False,
-                                  depths=[1, 1, 1, 1])
+    encoder, _ = build_encoder(None, {"use_semantic_attention": False, "depths": [1, 1, 1, 1]},
+                               str(REPO / "bundles/pretrain/configs/train.yaml"))
     with pytest.raises(ValueError, match="semantic attention"):
         mask_tumour_overlap(encoder, [])
