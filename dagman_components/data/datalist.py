@@ -8,18 +8,19 @@ expect. Errors name the file, key or entry at fault, so a bad dataset fails befo
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
-import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 from monai.data import load_decathlon_datalist
-from nibabel.filebasedimages import ImageFileError
+
+from dagman_components.errors import BadImageError
+
+from .checks import READ_ERRORS, check_on_bad_image
 
 __all__ = ["NIFTI_SUFFIXES", "DEFAULT_EXCLUDE", "load_datalist", "validate_images"]
 
@@ -30,9 +31,6 @@ NIFTI_SUFFIXES: tuple[str, ...] = (".nii", ".nii.gz")
 #: substrings (case-insensitive) that mark a NIfTI file as an annotation, not an image, when scanning a
 #: folder: masks, segmentations, label maps and lesion masks stored next to the CTs.
 DEFAULT_EXCLUDE: tuple[str, ...] = ("mask", "seg", "label", "lesion")
-
-# what a corrupt or truncated (gzipped) NIfTI raises when its header is read
-_READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile)
 
 
 def _scan_folder(dataset_dir: Path, exclude: Sequence[str]) -> list[dict[str, str]]:
@@ -173,51 +171,51 @@ def validate_images(
         the kept items (the same dict objects), in order.
 
     Raises:
-        ValueError: a bad image (message names the file and the shape or the reading error); an item without
-            ``key``; nothing left with ``on_error="skip"``; an unknown ``on_error``.
+        BadImageError: a bad image (a ValueError; the message names the file and the shape or the reading error).
+        ValueError: an item without ``key``; nothing left with ``on_error="skip"``; an unknown ``on_error``.
     """
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got '{on_error}'.")
-    kept, problems = [], []
+    check_on_bad_image(on_error, 'on_error')
+    kept: list[dict[str, Any]] = []
+    problems: list[BadImageError] = []
     for i, item in enumerate(items):
         if not isinstance(item, dict) or key not in item:
             keys = sorted(item) if isinstance(item, dict) else type(item).__name__
             raise ValueError(f"datalist item {i} has no key '{key}' (keys: {keys}).")
         paths = item[key] if isinstance(item[key], (list, tuple)) else [item[key]]
-        problem = None
-        for path in paths:
-            problem = _image_problem(str(path), min_spatial_dims)
-            if problem is not None:
-                break
+        problem = next(filter(None, (_image_problem(str(path), min_spatial_dims) for path in paths)), None)
         if problem is None:
             kept.append(item)
             continue
         if on_error == "raise":
-            raise ValueError(problem)
+            raise problem
         logger.warning(f"skipping datalist item {i}: {problem}")
         problems.append(problem)
     if not kept:
-        raise ValueError(f"no valid image left among {len(items)} datalist item(s); first problem: {problems[:1]}")
+        raise ValueError(f"no valid image left among {len(items)} datalist item(s); first problem: {problems[0]}")
+    if problems:
+        logger.warning(f"on_bad_image: skip dropped {len(problems)} of {len(items)} '{key}' files (header check).")
     return kept
 
 
-def _image_problem(path: str, min_spatial_dims: int) -> str | None:
-    """A message naming the file and what is wrong with it, or None if its header looks like a 3D image."""
+def _image_problem(path: str, min_spatial_dims: int) -> BadImageError | None:
+    """An error naming the file and what is wrong with it, or None if its header looks like a 3D image."""
     try:
         shape = tuple(int(s) for s in nib.load(path).shape)
     except FileNotFoundError:
-        return f"image file '{path}' does not exist."
-    except _READ_ERRORS as e:
-        return f"image file '{path}' is unreadable or corrupt ({type(e).__name__}: {e})."
+        return BadImageError(path, "does not exist.")
+    except READ_ERRORS as e:
+        return BadImageError(path, f"is unreadable or corrupt ({type(e).__name__}: {e}).")
     spatial, extra = shape[:min_spatial_dims], shape[min_spatial_dims:]
     if len(spatial) < min_spatial_dims or min(spatial) <= 1:
-        return (
-            f"image file '{path}' has shape {shape}: expected {min_spatial_dims} spatial dims, each larger than 1 "
-            "(a 2D image or a single slice cannot be resampled and cropped as a 3D volume)."
+        return BadImageError(
+            path,
+            f"has shape {shape}: expected {min_spatial_dims} spatial dims, each larger than 1 "
+            "(a 2D image or a single slice cannot be resampled and cropped as a 3D volume).",
         )
     if any(s != 1 for s in extra):
-        return (
-            f"image file '{path}' has shape {shape}: expected {min_spatial_dims} spatial dims and only singleton dims "
-            "after them (a time series or multi-channel image is not a single CT volume)."
+        return BadImageError(
+            path,
+            f"has shape {shape}: expected {min_spatial_dims} spatial dims and only singleton dims "
+            "after them (a time series or multi-channel image is not a single CT volume).",
         )
     return None

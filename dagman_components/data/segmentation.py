@@ -21,14 +21,10 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Spacingd
 
+from .checks import file_name as _file_name
 from .datalist import validate_images
 
 __all__ = ["MetaSafeSpacingd", "SegmentationTargetd", "case_folder_datalist", "segmentation_datalist"]
-
-
-def _file_name(tensor: Any, key: Hashable) -> str:
-    meta = getattr(tensor, "meta", {})
-    return str(meta.get("filename_or_obj", f"<key '{key}'>"))
 
 
 class SegmentationTargetd(MapTransform):

@@ -35,6 +35,8 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from .checks import CheckedLoadImaged, CheckForegroundd, CheckIntensityd, file_name
+
 __all__ = [
     "above_threshold",
     "WarnIfSmallerd",
@@ -82,8 +84,7 @@ class WarnIfSmallerd(MapTransform):
             wanted = ensure_tuple_rep(self.spatial_size, len(spatial_shape))
             if all(s >= w for s, w in zip(spatial_shape, wanted)):
                 continue
-            meta = getattr(data[key], "meta", {})
-            name = str(meta.get("filename_or_obj", f"<key '{key}'>"))
+            name = file_name(data[key], key)
             if name not in self._warned:
                 self._warned.add(name)
                 logger.warning(
@@ -111,6 +112,8 @@ def ct_preprocessing(
     crop_foreground: bool = True,
     foreground_hu: float = -500.0,
     margin: int = 2,
+    check_images: bool = False,
+    intensity_check: str = "ct",
 ) -> list[Transform]:
     """
     Deterministic CT preprocessing: load, RAS, resample, HU window to [0, 1], crop to the body, pad.
@@ -132,6 +135,11 @@ def ct_preprocessing(
             noise) and fat (-100). If below ``hu_range[0]``, everything above the window's bottom is
             foreground. Default -500.0.
         margin: voxels kept around the foreground box. Default 2.
+        check_images: check the data as it is loaded and cropped (:py:mod:`dagman_components.data.checks`): a
+            truncated file, non-finite or constant voxels, nothing or a tiny box left after the foreground crop
+            raise a ``BadImageError`` naming the file (``CheckedCacheDataset`` can skip them). Default False.
+        intensity_check: with ``check_images``, ``"ct"`` also rejects data that does not look like CT in HU (no
+            air; MR, pre-normalised); ``"none"`` lets it through. Default "ct".
 
     Returns:
         the list of transforms, for ``monai.transforms.Compose``. Output per key: float32 ``MetaTensor``
@@ -143,8 +151,11 @@ def ct_preprocessing(
     a_min, a_max = (float(v) for v in hu_range)
     if not a_max > a_min:
         raise ValueError(f"hu_range must be (low, high) with low < high, got {tuple(hu_range)}.")
-    transforms: list[Transform] = [
-        LoadImaged(keys, ensure_channel_first=True, image_only=True, dtype=np.float32),
+    load = CheckedLoadImaged if check_images else LoadImaged
+    transforms: list[Transform] = [load(keys, ensure_channel_first=True, image_only=True, dtype=np.float32)]
+    if check_images:  # on the values as stored: resampling would spread NaN and blur the HU statistics
+        transforms.append(CheckIntensityd(keys, intensity_check=intensity_check))
+    transforms += [
         # labels=None: read the axes from the MetaTensor's space (MONAI's coming default; silences its warning)
         Orientationd(keys, axcodes="RAS", labels=None),
         Spacingd(keys, pixdim=spacing, mode="bilinear"),
@@ -164,6 +175,8 @@ def ct_preprocessing(
                 end_coord_key=None,
             )
         )
+        if check_images:  # before padding hides an empty or tiny result
+            transforms.append(CheckForegroundd(keys, roi_size=roi_size))
     transforms += [
         WarnIfSmallerd(keys, spatial_size=roi_size),
         SpatialPadd(keys, spatial_size=roi_size),
@@ -210,6 +223,8 @@ def pretrain_transforms(
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
     hu_range: Sequence[float] = (-1000.0, 1000.0),
     view_keys: Sequence[str] = ("view_1", "view_2"),
+    check_images: bool = True,
+    intensity_check: str = "ct",
 ) -> Compose:
     """
     The pretraining chain: :py:func:`ct_preprocessing` (cacheable) then :py:func:`two_view_crops`.
@@ -222,11 +237,20 @@ def pretrain_transforms(
         spacing: voxel size in mm. Default (2.0, 2.0, 2.0) (papers).
         hu_range: HU window mapped to [0, 1]. Default (-1000.0, 1000.0).
         view_keys: output keys of the views. Default ("view_1", "view_2").
+        check_images: check every image's data while it is cached (see :py:func:`ct_preprocessing`). Default True.
+        intensity_check: ``"ct"`` (default) or ``"none"`` (MR or pre-normalised data).
 
     Returns:
         a ``monai.transforms.Compose`` taking ``{"image": path, ...}``.
     """
     return Compose(
-        ct_preprocessing(keys=("image",), spacing=spacing, hu_range=hu_range, roi_size=roi_size)
+        ct_preprocessing(
+            keys=("image",),
+            spacing=spacing,
+            hu_range=hu_range,
+            roi_size=roi_size,
+            check_images=check_images,
+            intensity_check=intensity_check,
+        )
         + two_view_crops(roi_size, view_keys=view_keys, source_key="image")
     )

@@ -29,6 +29,7 @@ from dagman_components.bundle_utils import as_bool
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
+    EpochSeed,
     FreezeLastLayer,
     TeacherTemperatureSchedule,
     unwrap,
@@ -117,6 +118,12 @@ class CoDistillationTrainer(Trainer):
         view_keys: batch keys of the two views.
         epoch_length, non_blocking, handlers: as in ``monai.engines.Trainer``.
         generator: optional ``torch.Generator`` on ``device`` for the masks (tests, reproducibility).
+        seed: if given, every epoch starts by seeding torch, numpy, ``random`` and the data's random transforms
+            from (seed, epoch) (:class:`~dagman_components.engines.EpochSeed`), so a run resumed from a checkpoint
+            trains as the uninterrupted run. Default None (the random streams run on across epochs).
+
+    Raises:
+        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive integer.
     """
 
     def __init__(
@@ -144,9 +151,12 @@ class CoDistillationTrainer(Trainer):
         non_blocking: bool = False,
         handlers: Sequence | None = None,
         generator: torch.Generator | None = None,
+        seed: int | None = None,
     ) -> None:
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(f"max_epochs (the bundle's num_epochs) must be a positive integer, got {max_epochs!r}.")
         if masking not in MASKING_STRATEGIES:
-            raise ValueError(f"masking must be one of {MASKING_STRATEGIES}, got {masking!r}.")
+            raise ValueError(f"masking must be one of {MASKING_STRATEGIES}, got {masking!r} (the bundle's --masking).")
         student = unwrap(network)
         if masking.startswith("attention") and student.encoder.semantic_attention is None:
             raise ValueError(f"masking={masking!r} needs SATT: build the encoder with use_semantic_attention=True.")
@@ -182,8 +192,10 @@ class CoDistillationTrainer(Trainer):
         self.view_keys = tuple(view_keys)
         self.generator = generator
         self.ema = EMATeacherUpdate(network, self.teacher, base_momentum=ema_momentum)
-        # schedule handlers first, so logging handlers attached later see this step's values
+        # schedule handlers first, so logging handlers attached later see this step's values; the epoch seed
+        # before anything that draws random numbers in an epoch
         for handler in (
+            *(() if seed is None else (EpochSeed(seed),)),
             self.ema,
             TeacherTemperatureSchedule(self.loss_function),
             FreezeLastLayer(student.last_layers(), freeze_last_layer_epochs),

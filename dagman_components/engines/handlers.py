@@ -9,21 +9,28 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from monai.data.utils import set_rnd
 from monai.engines.utils import IterationEvents
+from monai.utils import set_determinism
 
 from dagman_components.bundle_utils import as_bool
+from dagman_components.networks.sa_swin import state_dict_differences
 
 __all__ = [
     "CollapseMonitor",
     "EMATeacherUpdate",
+    "EpochSeed",
     "FreezeLastLayer",
     "PretrainCheckpoint",
     "TeacherTemperatureSchedule",
+    "checkpoints_newest_first",
     "ema_momentum",
+    "epoch_seed",
     "latest_checkpoint",
     "unwrap",
 ]
@@ -82,6 +89,42 @@ class EMATeacherUpdate:
     def __call__(self, engine: Engine) -> None:
         # teacher + (1 - m)(student - teacher) = m teacher + (1 - m) student, one fused pass over all tensors
         torch._foreach_lerp_(self.teacher_params, self.student_params, 1.0 - self.momentum_at(engine))
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A 32-bit seed for ``epoch`` of a run seeded with ``seed``, well mixed (``numpy.random.SeedSequence``).
+
+    Mixed rather than ``seed + epoch``: runs with seeds 0 and 1 must not share the crops of shifted epochs.
+    """
+    return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0])
+
+
+class EpochSeed:
+    """At every epoch start, seed torch, numpy, ``random`` and the data's random transforms from (seed, epoch).
+
+    The random draws of an epoch (shuffling, crops, masks, patch dropout, drop path) then depend on the seed
+    and the epoch only, not on what ran before: a run resumed from the checkpoint of epoch e trains epoch
+    e + 1 exactly as the uninterrupted run does (with ``num_workers=0``; worker processes seed themselves from
+    the same global seed, but persistent workers keep their random state across epochs). Uses MONAI's
+    ``set_determinism`` and ``set_rnd`` (what ``monai.data.DataLoader`` does once at construction).
+
+    Args:
+        seed: the run's seed.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        seed = epoch_seed(self.seed, engine.state.epoch)
+        set_determinism(seed=seed)
+        # the epoch's DataLoader iterator (and its sampler's shuffle) is created after EPOCH_STARTED
+        dataset = getattr(getattr(engine, "data_loader", None), "dataset", None)
+        if dataset is not None:
+            set_rnd(dataset, seed)
 
 
 class TeacherTemperatureSchedule:
@@ -213,11 +256,16 @@ class CollapseMonitor:
 _CHECKPOINT_RE = re.compile(r"^checkpoint_(\d+)\.pt$")
 
 
+def checkpoints_newest_first(ckpt_dir: str | Path) -> list[Path]:
+    """The ``checkpoint_<epoch>.pt`` files in ``ckpt_dir``, highest epoch first."""
+    found = [(int(m.group(1)), p) for p in Path(ckpt_dir).glob("checkpoint_*.pt") if (m := _CHECKPOINT_RE.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
 def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     """Newest ``checkpoint_<epoch>.pt`` in ``ckpt_dir``, or None."""
-    ckpt_dir = Path(ckpt_dir)
-    found = [(int(m.group(1)), p) for p in ckpt_dir.glob("checkpoint_*.pt") if (m := _CHECKPOINT_RE.match(p.name))]
-    return max(found)[1] if found else None
+    found = checkpoints_newest_first(ckpt_dir)
+    return found[0] if found else None
 
 
 class PretrainCheckpoint:
@@ -230,8 +278,11 @@ class PretrainCheckpoint:
     atomic (temp file + rename) and happen on rank 0 only. Nothing is written when training stops
     on an exception (e.g. a non-finite loss), so the last good files stay.
 
-    With ``resume=True`` the newest checkpoint in ``save_dir`` is loaded when the run starts and
-    Ignite continues from its epoch/iteration; a missing checkpoint is an error naming the folder.
+    With ``resume=True`` the newest checkpoint in ``save_dir`` that loads and matches the config is loaded
+    when the run starts, and Ignite continues from its epoch/iteration. A newer one that is corrupt (e.g.
+    truncated by a full disk) or does not match (another architecture) is named in a warning and skipped;
+    no file is changed. No checkpoint, or none that loads, is an error naming the folder and each file's
+    problem.
 
     Args:
         save_dir: folder of the checkpoints and ``model.pt``.
@@ -294,20 +345,54 @@ class PretrainCheckpoint:
         self._save_encoder(engine, self.save_dir / f"model_epoch{engine.state.epoch}.pt")
 
     def load(self, engine: Engine) -> None:
-        path = latest_checkpoint(self.save_dir)
-        if path is None:
+        candidates = checkpoints_newest_first(self.save_dir)
+        if not candidates:
             raise FileNotFoundError(
                 f"resume requested but no checkpoint_<epoch>.pt in {self.save_dir}; run without --resume to start fresh."
             )
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        missing = sorted(set(self.objects) - set(state))
-        if missing:
-            raise KeyError(f"{path} has no {missing} (keys: {sorted(state)}): not a checkpoint of this pretraining config.")
         # keep the configured length, so a finished run can be extended with a larger num_epochs
         max_epochs = engine.state.max_epochs
-        Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, state)
-        engine.state.max_epochs = max_epochs
-        logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
+        problems = []
+        for path in candidates:
+            problem = self._load_from(path)
+            if problem is None:
+                engine.state.max_epochs = max_epochs
+                logger.info(f"resumed from {path} (epoch {engine.state.epoch}, iteration {engine.state.iteration})")
+                return
+            logger.warning(f"resume: skipping {path}: {problem}")
+            problems.append(f"{path.name}: {problem}")
+        raise ValueError(
+            f"resume requested but no checkpoint in {self.save_dir} loads and matches this config ("
+            + "; ".join(problems)
+            + "). The files are left as they are: resume with the config they were written with, or run without "
+            "--resume (and another --output_dir to keep them) to start fresh."
+        )
+
+    def _load_from(self, path: Path) -> str | None:
+        """Load every object from the checkpoint at ``path``; None, or why it cannot be used.
+
+        A failure after some objects loaded leaves them changed; the next checkpoint that loads overwrites
+        them all, and if none loads the run stops.
+        """
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated zip, a pickle of something else, an empty file: torch names no file
+            return f"unreadable, truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        if not isinstance(state, Mapping):
+            return f"not a checkpoint (a {type(state).__name__}, not a dict)"
+        missing = sorted(set(self.objects) - set(state))
+        if missing:
+            return f"has no {missing} (keys: {sorted(state)}): not a checkpoint of this pretraining config"
+        for name, obj in self.objects.items():
+            if isinstance(obj, nn.Module) and isinstance(state[name], Mapping):
+                differences = state_dict_differences(obj.state_dict(), state[name])
+                if differences:
+                    return f"'{name}' does not match this config's network: {differences}"
+        try:
+            Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, state)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            return f"does not match this config ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        return None
 
     def save(self, engine: Engine) -> None:
         self.checkpoint(engine)

@@ -9,7 +9,7 @@ attribute ``swinViT`` with MONAI's key names, so ``swinViT.*`` loads unchanged i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +22,13 @@ from dagman_components.bundle_utils import as_bool
 from dagman_components.masking import upsample_token_mask
 from dagman_components.networks.semantic_attention import SemanticAttention
 
-__all__ = ["EncoderOutput", "SASwinEncoder", "load_encoder_state_dict", "swin_unetr_state_dict"]
+__all__ = [
+    "EncoderOutput",
+    "SASwinEncoder",
+    "load_encoder_state_dict",
+    "state_dict_differences",
+    "swin_unetr_state_dict",
+]
 
 
 @dataclass
@@ -285,40 +291,60 @@ def _unwrap_state_dict(obj: object, path: str | Path) -> dict[str, torch.Tensor]
     raise ValueError(f"{path}: not an encoder state dict (expected a dict of tensors, optionally under 'model').")
 
 
+def state_dict_differences(own: Mapping[str, torch.Tensor], state: Mapping[str, object]) -> str | None:
+    """What keeps ``state`` from loading into a module whose state dict is ``own``, or None if it loads.
+
+    Returns one line with the counts and the first few names of the missing, unexpected and mis-shaped keys.
+    """
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong_shape = sorted(
+        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if getattr(state[k], "shape", None) != own[k].shape
+    )
+    if not (missing or unexpected or wrong_shape):
+        return None
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    return (
+        f"{len(missing)} missing keys [{listed(missing)}]; {len(unexpected)} unexpected keys [{listed(unexpected)}]; "
+        f"{len(wrong_shape)} shape mismatches [{listed(wrong_shape)}]"
+    )
+
+
 def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
     """Load ``path`` into ``encoder`` on CPU and report mismatches by key name.
 
     Accepts a plain state dict or one under ``"model"``/``"state_dict"``/``"encoder"``/``"student"``,
     with or without DDP's ``module.`` prefix. With ``strict`` any missing, unexpected or
     wrongly-shaped key raises a ``ValueError`` naming the file and the keys; otherwise the
-    matching keys are loaded and ``(missing, unexpected)`` returned.
+    matching keys are loaded and ``(missing, unexpected)`` returned. A missing file is a
+    ``FileNotFoundError``, a truncated or non-torch file a ``ValueError``, both naming the file.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained encoder checkpoint not found: {path}; {PRETRAINED_HINT}.")
-    state = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
-    own = encoder.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    wrong_shape = sorted(
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in set(own) & set(state)
-        if state[k].shape != own[k].shape
-    )
-    if strict and (missing or unexpected or wrong_shape):
-
-        def listed(keys: list[str]) -> str:
-            return ", ".join(keys[:8]) + (f" ... (+{len(keys) - 8} more)" if len(keys) > 8 else "")
-
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError (zip), EOFError, UnpicklingError, ... naming no file
         raise ValueError(
-            f"{path} does not match the encoder architecture: "
-            f"{len(missing)} missing keys [{listed(missing)}]; {len(unexpected)} unexpected keys "
-            f"[{listed(unexpected)}]; {len(wrong_shape)} shape mismatches [{listed(wrong_shape)}]. "
+            f"pretrained encoder checkpoint {path} cannot be read: truncated, corrupt or not a torch file "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). {PRETRAINED_HINT}."
+        ) from e
+    state = _unwrap_state_dict(loaded, path)
+    own = encoder.state_dict()
+    differences = state_dict_differences(own, state)
+    if strict and differences:
+        raise ValueError(
+            f"{path} does not match the encoder architecture: {differences}. "
             "Check feature_size, depths, num_heads, sa_stage and use_semantic_attention against the pretraining config."
         )
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     encoder.load_state_dict(loadable, strict=False)
-    return missing, unexpected
+    return sorted(set(own) - set(state)), sorted(set(state) - set(own))
 
 
 def swin_unetr_state_dict(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -62,7 +62,8 @@ def test_transforms_pickle_and_run_in_worker_processes(phantom_items):
 
 def test_deterministic_prefix_is_cached_and_views_are_not(phantom_items):
     transform = pretrain_transforms(roi_size=ROI, spacing=SPACING)
-    assert _first_uncached(transform) == len(ct_preprocessing(spacing=SPACING, roi_size=ROI))
+    # the data checks are part of the cached prefix: they run once per image
+    assert _first_uncached(transform) == len(ct_preprocessing(spacing=SPACING, roi_size=ROI, check_images=True))
     dataset = CacheDataset(phantom_items, transform, progress=False)
     cached = dataset._cache[0]
     assert isinstance(cached, dict) and "image" in cached
