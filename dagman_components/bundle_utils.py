@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -13,7 +14,7 @@ import torch.distributed as dist
 
 from dagman_components.errors import install_excepthook
 
-__all__ = ["METADATA_SCHEMA", "as_bool", "locate_bundle_root", "prepare_dataset"]
+__all__ = ["METADATA_SCHEMA", "as_bool", "locate_bundle_root", "positive_int", "prepare_dataset"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,24 @@ def as_bool(value: object, name: str = "value") -> bool:
     if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
         return value.strip().lower() in _TRUE
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def positive_int(value: object, name: str = "value") -> int:
+    """A config value that must be a whole number >= 1 (e.g. ``num_epochs``), as an int.
+
+    Raises ValueError naming ``name`` and the value otherwise (Ignite's own message, "Argument max_epochs is
+    invalid", names neither the config key nor the value, and comes only after the data is cached).
+    """
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    valid = not isinstance(number, bool) and isinstance(number, (int, float)) and math.isfinite(number)
+    if not valid or number != int(number) or number < 1:
+        raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
+    return int(number)
 
 
 def _config_files_from_argv(argv: Sequence[str]) -> list[str]:

@@ -35,8 +35,9 @@ class SegmentationTargetd(MapTransform):
     become class ``k + 1`` and every other value becomes background 0, so one organ label map serves any
     target. With ``target_labels=None`` the label map must already hold class indices: a value outside
     0..``num_classes``-1 (or a non-integer one) is an error naming the file and the values. Either way a
-    label whose spatial shape differs from the image's (read before any resampling) is an error naming both
-    files. Place it right after loading, before any spatial transform.
+    label off its image's grid (read before any resampling: another spatial shape, or the same shape with an
+    affine that differs by more than ``affine_tolerance`` mm) is an error naming both files. Place it right
+    after loading, before any spatial transform.
 
     Args:
         keys: label keys. Default "label".
@@ -44,6 +45,7 @@ class SegmentationTargetd(MapTransform):
         num_classes: classes including background; must be ``len(target_labels) + 1`` when given. Default 2.
         image_key: the image the label must match in shape; None skips the check. Default "image".
         allow_missing_keys: don't raise if a key is missing. Default False.
+        affine_tolerance: largest difference (mm) between the image's and the label's affine entries. Default 0.01.
 
     Output per key: a label of the same type, shape and metadata, float32 values in 0..``num_classes``-1.
     """
@@ -55,8 +57,10 @@ class SegmentationTargetd(MapTransform):
         num_classes: int = 2,
         image_key: str | None = "image",
         allow_missing_keys: bool = False,
+        affine_tolerance: float = 0.01,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
+        self.affine_tolerance = affine_tolerance
         if num_classes < 2:
             raise ValueError(f"num_classes must be >= 2 (background and at least one class), got {num_classes}.")
         if target_labels is not None:
@@ -74,7 +78,7 @@ class SegmentationTargetd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             label = d[key]
-            self._check_shape(d, key)
+            self._check_grid(d, key)
             if self.target_labels is None:
                 self._check_values(label, key)
                 d[key] = label.float() if isinstance(label, torch.Tensor) else label.astype("float32")
@@ -85,7 +89,7 @@ class SegmentationTargetd(MapTransform):
             d[key] = target.float() if isinstance(target, torch.Tensor) else target.astype("float32")
         return d
 
-    def _check_shape(self, d: Mapping[Hashable, Any], key: Hashable) -> None:
+    def _check_grid(self, d: Mapping[Hashable, Any], key: Hashable) -> None:
         if self.image_key is None or self.image_key not in d:
             return
         image, label = d[self.image_key], d[key]
@@ -94,6 +98,17 @@ class SegmentationTargetd(MapTransform):
                 f"label '{_file_name(label, key)}' has spatial shape {tuple(label.shape[1:])} but its image "
                 f"'{_file_name(image, self.image_key)}' has {tuple(image.shape[1:])}: they must be on the same grid."
             )
+        image_affine, label_affine = getattr(image, "affine", None), getattr(label, "affine", None)
+        # same shape, other position or spacing: the label would be drawn on the wrong voxels
+        if image_affine is not None and label_affine is not None:
+            image_affine, label_affine = torch.as_tensor(image_affine).double(), torch.as_tensor(label_affine).double()
+            if not torch.allclose(image_affine, label_affine, atol=self.affine_tolerance, rtol=0.0):
+                raise ValueError(
+                    f"label '{_file_name(label, key)}' is off its image's grid: same shape, but its affine (voxel to mm) "
+                    f"differs from that of '{_file_name(image, self.image_key)}' by up to "
+                    f"{float((image_affine - label_affine).abs().max()):.3g} mm (tolerance {self.affine_tolerance:g}). "
+                    "Resample the label onto the image grid (e.g. with the image as reference) and save it again."
+                )
 
     def _check_values(self, label: Any, key: Hashable) -> None:
         values = [int(v) if v == int(v) else v for v in torch.unique(torch.as_tensor(label)).tolist()]

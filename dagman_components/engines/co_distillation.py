@@ -25,7 +25,7 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
-from dagman_components.bundle_utils import as_bool
+from dagman_components.bundle_utils import as_bool, positive_int
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
@@ -123,7 +123,7 @@ class CoDistillationTrainer(Trainer):
             trains as the uninterrupted run. Default None (the random streams run on across epochs).
 
     Raises:
-        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive integer.
+        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive whole number.
     """
 
     def __init__(
@@ -153,8 +153,7 @@ class CoDistillationTrainer(Trainer):
         generator: torch.Generator | None = None,
         seed: int | None = None,
     ) -> None:
-        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
-            raise ValueError(f"max_epochs (the bundle's num_epochs) must be a positive integer, got {max_epochs!r}.")
+        max_epochs = positive_int(max_epochs, "max_epochs (the bundle's num_epochs)")
         if masking not in MASKING_STRATEGIES:
             raise ValueError(f"masking must be one of {MASKING_STRATEGIES}, got {masking!r} (the bundle's --masking).")
         student = unwrap(network)

@@ -16,6 +16,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.data.utils import set_rnd
 from monai.engines.utils import IterationEvents
+from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
 from dagman_components.bundle_utils import as_bool
@@ -26,6 +27,7 @@ __all__ = [
     "EMATeacherUpdate",
     "EpochSeed",
     "FreezeLastLayer",
+    "ModelCheckpointLoader",
     "PretrainCheckpoint",
     "TeacherTemperatureSchedule",
     "checkpoints_newest_first",
@@ -377,7 +379,7 @@ class PretrainCheckpoint:
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e:  # a truncated zip, a pickle of something else, an empty file: torch names no file
-            return f"unreadable, truncated or corrupt ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            return f"unreadable, truncated or corrupt ({_one_line(e)})"
         if not isinstance(state, Mapping):
             return f"not a checkpoint (a {type(state).__name__}, not a dict)"
         missing = sorted(set(self.objects) - set(state))
@@ -391,7 +393,7 @@ class PretrainCheckpoint:
         try:
             Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
-            return f"does not match this config ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            return f"does not match this config ({_one_line(e)})"
         return None
 
     def save(self, engine: Engine) -> None:
@@ -414,3 +416,44 @@ class PretrainCheckpoint:
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
+
+
+def _one_line(e: BaseException, limit: int = 200) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())[:limit]}"
+
+
+class ModelCheckpointLoader(CheckpointLoader):
+    """``monai.handlers.CheckpointLoader`` whose failures name the file, what is wrong with it, and what to do.
+
+    Before MONAI's loader runs: a missing file is a ``FileNotFoundError``; a truncated, corrupt or non-torch
+    file, or (with ``strict``) weights that do not fit the config's network (another ``feature_size``,
+    ``out_channels``, ``mode`` ...), a ``ValueError`` naming the mismatched keys. Same arguments as
+    ``CheckpointLoader``.
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        path = Path(self.load_path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"checkpoint {path} not found: run this bundle's configs/train.yaml first (it writes models/model.pt), "
+                "or point --ckpt_dir at the folder that holds it."
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # torch's zip and unpickling errors name no file
+            raise ValueError(
+                f"checkpoint {path} cannot be read: truncated, corrupt or not a torch file ({_one_line(e)}). "
+                "Train again to rewrite it."
+            ) from e
+        name = next(iter(self.load_dict))
+        if len(self.load_dict) == 1 and (not isinstance(state, Mapping) or name not in state):
+            state = {name: state}  # a bare state dict, as CheckpointLoader reads it
+        for name, obj in self.load_dict.items():
+            if self.strict and isinstance(obj, nn.Module) and isinstance(state.get(name), Mapping):
+                differences = state_dict_differences(unwrap(obj).state_dict(), state[name])
+                if differences:
+                    raise ValueError(
+                        f"checkpoint {path} does not match this config's network ('{name}': {differences}). Use the "
+                        "settings it was trained with (feature_size, depths, out_channels, mode, ...) or train again."
+                    )
+        super().__call__(engine)
