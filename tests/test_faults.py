@@ -297,16 +297,17 @@ def digest(folder: Path) -> dict[str, str]:
 
 
 def test_resume_skips_a_corrupt_newest_checkpoint(tmp_path, caplog):
-    _Run(tmp_path).run(max_epochs=2)
-    newest = tmp_path / "checkpoint_2.pt"
+    _Run(tmp_path).run(max_epochs=3)  # keeps checkpoint_2 and checkpoint_3
+    newest = tmp_path / "checkpoint_3.pt"
     newest.write_bytes(newest.read_bytes()[:200])  # a write cut short
     resumed = _Run(tmp_path, resume=True)
     with caplog.at_level(logging.INFO):
-        resumed.run(max_epochs=3)
+        resumed.run(max_epochs=4)  # checkpoint_2 lists checkpoint_1, rotated out since: saving must not trip on it
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(str(newest) in w and "unreadable, truncated or corrupt" in w for w in warnings), warnings
-    assert any("resumed from" in r.getMessage() and "checkpoint_1.pt" in r.getMessage() for r in caplog.records)
-    assert resumed.start_epoch == [2, 3]  # epoch 1 came from checkpoint_1
+    assert any("resumed from" in r.getMessage() and "checkpoint_2.pt" in r.getMessage() for r in caplog.records)
+    assert resumed.start_epoch == [3, 4]  # epochs 1-2 came from checkpoint_2
+    assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_3.pt", "checkpoint_4.pt"]
 
 
 def test_resume_without_a_usable_checkpoint_names_each_and_changes_none(tmp_path, caplog):

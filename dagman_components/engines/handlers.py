@@ -270,6 +270,18 @@ def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
+def _forget_missing_files(state: Mapping, save_dir: Path) -> None:
+    """Drop the files that no longer exist from the checkpointer's list of saved files in ``state`` (in memory).
+
+    Resuming from an older checkpoint (the newest was corrupt) restores a list that names a file rotated
+    out since; Ignite would fail to delete it when the next checkpoint is saved.
+    """
+    checkpointer = state.get("checkpointer")
+    for key in ("_saved", "saved"):  # Ignite 0.5 names the list "_saved", earlier versions "saved"
+        if isinstance(checkpointer, dict) and isinstance(checkpointer.get(key), list):
+            checkpointer[key] = [item for item in checkpointer[key] if (save_dir / item[1]).exists()]
+
+
 class PretrainCheckpoint:
     """Resumable pretraining checkpoints plus the encoder weights for downstream use.
 
@@ -390,6 +402,7 @@ class PretrainCheckpoint:
                 differences = state_dict_differences(obj.state_dict(), state[name])
                 if differences:
                     return f"'{name}' does not match this config's network: {differences}"
+        _forget_missing_files(state, self.save_dir)
         try:
             Checkpoint.load_objects({**self.objects, "checkpointer": self.checkpoint}, state)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:
