@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from monai.config import KeysCollection
-from monai.data import CacheDataset
+from monai.data import CacheDataset, MetaTensor
 from monai.transforms import LoadImaged, MapTransform
 from monai.utils import ensure_tuple_rep
 from nibabel.filebasedimages import ImageFileError
@@ -55,11 +55,15 @@ ON_BAD_IMAGE = ("raise", "skip")
 READ_ERRORS = (ImageFileError, OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile)
 
 
+def _one_of(value: str, allowed: tuple[str, ...], name: str) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+    return value
+
+
 def check_on_bad_image(value: str, name: str = "on_bad_image") -> str:
     """``value`` if it is one of :py:data:`ON_BAD_IMAGE`, else a ValueError naming the argument ``name``."""
-    if value not in ON_BAD_IMAGE:
-        raise ValueError(f"{name} must be one of {ON_BAD_IMAGE}, got {value!r}.")
-    return value
+    return _one_of(value, ON_BAD_IMAGE, name)
 
 
 def file_name(tensor: Any, key: Hashable) -> str:
@@ -107,12 +111,30 @@ class CheckedLoadImaged(LoadImaged):
         self._loader = _FileNamingLoader(self._loader)
 
 
+def _plain_tensor(x: Any) -> torch.Tensor:
+    # a MetaTensor would track metadata through every reduction of the checks
+    return x.as_tensor() if isinstance(x, MetaTensor) else torch.as_tensor(x)
+
+
+class _ImageCheckd(MapTransform):
+    """Calls ``check(image, file name)`` on the image of every key; the data passes through unchanged."""
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
+        for key in self.key_iterator(data):
+            self.check(_plain_tensor(data[key]), file_name(data[key], key))
+        return data
+
+    def check(self, x: torch.Tensor, name: str) -> None:
+        """Raise a :py:class:`BadImageError` naming ``name`` if the (C, X, Y, Z) image ``x`` is bad."""
+        raise NotImplementedError
+
+
 def _air_and_dense_fractions(x: torch.Tensor, air_hu: float, dense_hu: float) -> tuple[float, float]:
     n = max(x.numel(), 1)
     return int(torch.count_nonzero(x < air_hu)) / n, int(torch.count_nonzero(x > dense_hu)) / n
 
 
-class CheckIntensityd(MapTransform):
+class CheckIntensityd(_ImageCheckd):
     """
     Reject a loaded image with non-finite voxels, constant values, or (``intensity_check="ct"``) non-CT values.
 
@@ -133,7 +155,8 @@ class CheckIntensityd(MapTransform):
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        BadImageError: naming the file and what is wrong. The data passes through unchanged otherwise.
+        BadImageError: non-finite, constant or (``"ct"``) non-CT values, naming the file; otherwise the data
+            passes through unchanged.
     """
 
     def __init__(
@@ -147,20 +170,13 @@ class CheckIntensityd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        if intensity_check not in INTENSITY_CHECKS:
-            raise ValueError(f"intensity_check must be one of {INTENSITY_CHECKS}, got {intensity_check!r}.")
-        self.intensity_check = intensity_check
+        self.intensity_check = _one_of(intensity_check, INTENSITY_CHECKS, "intensity_check")
         self.min_air_fraction = min_air_fraction
         self.air_hu = air_hu
         self.max_dense_fraction = max_dense_fraction
         self.dense_hu = dense_hu
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
-        for key in self.key_iterator(data):
-            self._check(torch.as_tensor(data[key]), file_name(data[key], key))
-        return data
-
-    def _check(self, x: torch.Tensor, name: str) -> None:
+    def check(self, x: torch.Tensor, name: str) -> None:
         non_finite = x.numel() - int(torch.count_nonzero(torch.isfinite(x)))
         if non_finite:
             raise BadImageError(
@@ -168,7 +184,7 @@ class CheckIntensityd(MapTransform):
                 f"has {non_finite} non-finite voxels (NaN or inf) of {x.numel()}: fix or remove the file; "
                 "training on it gives a non-finite loss.",
             )
-        low, high = float(x.min()), float(x.max())
+        low, high = (float(v) for v in torch.aminmax(x))
         if low == high:
             raise BadImageError(name, f"is constant (every voxel is {low:g}): there is nothing to learn from it.")
         if self.intensity_check == "none":
@@ -185,7 +201,7 @@ class CheckIntensityd(MapTransform):
             )
 
 
-class CheckForegroundd(MapTransform):
+class CheckForegroundd(_ImageCheckd):
     """
     Reject an image with nothing, a constant, or a tiny box left after ``CropForegroundd``.
 
@@ -200,7 +216,7 @@ class CheckForegroundd(MapTransform):
         allow_missing_keys: don't raise if a key is missing.
 
     Raises:
-        BadImageError: naming the file and what is wrong. The data passes through unchanged otherwise.
+        BadImageError: an empty, tiny or constant crop, naming the file; otherwise the data passes through unchanged.
     """
 
     def __init__(
@@ -214,31 +230,30 @@ class CheckForegroundd(MapTransform):
         self.roi_size = roi_size
         self.min_fraction = min_fraction
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
-        for key in self.key_iterator(data):
-            x, name = data[key], file_name(data[key], key)
-            shape = tuple(int(s) for s in x.shape[1:])
-            if min(shape, default=0) == 0:
-                raise BadImageError(
-                    name,
-                    f"is empty after foreground cropping (shape {shape}): no voxel above the foreground "
-                    "threshold (air only, or values outside hu_range). Remove the file, or check hu_range.",
-                )
-            smallest = tuple(max(1, math.ceil(self.min_fraction * r)) for r in ensure_tuple_rep(self.roi_size, len(shape)))
-            if any(s < m for s, m in zip(shape, smallest)):
-                raise BadImageError(
-                    name,
-                    f"is tiny after resampling and foreground cropping: shape {shape}, less than {smallest} "
-                    f"({self.min_fraction:g} of the crop size {tuple(ensure_tuple_rep(self.roi_size, len(shape)))}); "
-                    "its crops would be mostly padding. Remove the file or use a smaller roi_size.",
-                )
-            if float(x.min()) == float(x.max()):
-                raise BadImageError(
-                    name,
-                    f"is constant ({float(x.min()):g}) after windowing to hu_range and foreground cropping: "
-                    "check hu_range against the image's values.",
-                )
-        return data
+    def check(self, x: torch.Tensor, name: str) -> None:
+        shape = tuple(int(s) for s in x.shape[1:])
+        if min(shape, default=0) == 0:
+            raise BadImageError(
+                name,
+                f"is empty after foreground cropping (shape {shape}): no voxel above the foreground "
+                "threshold (air only, or values outside hu_range). Remove the file, or check hu_range.",
+            )
+        crop = tuple(int(r) for r in ensure_tuple_rep(self.roi_size, len(shape)))
+        smallest = tuple(max(1, math.ceil(self.min_fraction * r)) for r in crop)
+        if any(s < m for s, m in zip(shape, smallest)):
+            raise BadImageError(
+                name,
+                f"is tiny after resampling and foreground cropping: shape {shape}, less than {smallest} "
+                f"({self.min_fraction:g} of the crop size {crop}); "
+                "its crops would be mostly padding. Remove the file or use a smaller roi_size.",
+            )
+        low, high = (float(v) for v in torch.aminmax(x))
+        if low == high:
+            raise BadImageError(
+                name,
+                f"is constant ({low:g}) after windowing to hu_range and foreground cropping: "
+                "check hu_range against the image's values.",
+            )
 
 
 def _bad_image(exc: BaseException) -> BadImageError | None:
@@ -265,7 +280,8 @@ class CheckedCacheDataset(CacheDataset):
         dropped: ``(file, reason)`` of each dropped item.
 
     Raises:
-        BadImageError: ``"raise"`` and a bad image (wrapped by MONAI's ``Compose``); ``"skip"`` and no item left.
+        BadImageError: ``"raise"`` and a bad image (wrapped by MONAI's ``Compose``).
+        ValueError: ``"skip"`` and every image bad; an unknown ``on_bad_image``; ``hash_as_key`` or ``runtime_cache``.
     """
 
     def __init__(self, data: Sequence, transform: Any = None, on_bad_image: str = "raise", **kwargs: Any) -> None:
@@ -283,7 +299,7 @@ class CheckedCacheDataset(CacheDataset):
             bad = _bad_image(e)
             if bad is None or self.on_bad_image == "raise":
                 raise
-            logger.warning(f"skipping {bad} (on_bad_image: skip)")
+            logger.warning(f"on_bad_image: skip drops image '{bad.filename}': {bad.reason}")
             return bad
 
     def set_data(self, data: Sequence) -> None:

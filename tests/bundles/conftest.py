@@ -29,6 +29,23 @@ def cli_overrides(overrides: dict) -> list[str]:
     return args
 
 
+def bundle_workflow(bundle: Path, configs=("train",), workflow_type: str = "train", **overrides):
+    """``ConfigWorkflow`` of a bundle copy's ``configs/<name>.yaml`` files (layered in order), initialised, no logging setup."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(bundle / "configs" / (c if c.endswith(".yaml") else f"{c}.yaml")) for c in configs]
+    wf = ConfigWorkflow(
+        config_file=files if len(files) > 1 else files[0],
+        meta_file=str(bundle / "configs" / "metadata.json"),
+        logging_file=False,
+        workflow_type=workflow_type,
+        bundle_root=str(bundle),
+        **overrides,
+    )
+    wf.initialize()
+    return wf
+
+
 @pytest.fixture
 def bundle_copy(tmp_path):
     """A copy of a bundle's configs in tmp_path/<name>, so runs write nowhere in the repository."""

@@ -26,22 +26,9 @@ from monai.transforms import Compose
 from dagman_components.engines import ModelCheckpointLoader, latest_checkpoint
 from dagman_components.errors import error_line
 
-from .conftest import BUNDLES, TINY_PRETRAIN, cli_overrides
+from .conftest import BUNDLES, TINY_PRETRAIN, bundle_workflow, cli_overrides
 
 PRETRAIN_CONFIG = ["pretrain/configs/train.yaml"]
-
-
-def workflow(bundle: Path, config: str = "train", **overrides) -> ConfigWorkflow:
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / f"{config}.yaml"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="train",
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 def failure(wf: ConfigWorkflow, key: str) -> str:
@@ -104,14 +91,14 @@ def test_pretrain_config_stops_at_a_bad_image_or_skips_it(bundle_copy, bad_image
         '{"training": [' + ", ".join(f'{{"image": "{bad_images[k]}"}}' for k in ("good", *kinds)) + "]}"
     )
     overrides = {**TINY_PRETRAIN, "datalist": str(datalist), "dataset_dir": str(folder), "cache_workers": 1}
-    line = failure(workflow(bundle, **overrides), "train::dataset")
+    line = failure(bundle_workflow(bundle, **overrides), "train::dataset")
     assert line.startswith("BadImageError") and bad_images["truncated"] in line and "truncated" in line, line
     with caplog.at_level(logging.WARNING):
-        dataset = workflow(bundle, **overrides, on_bad_image="skip").parser.get_parsed_content("train::dataset")
+        dataset = bundle_workflow(bundle, **overrides, on_bad_image="skip").parser.get_parsed_content("train::dataset")
     assert [item["image"] for item in dataset.data] == [bad_images["good"]]
     assert any(f"dropped {len(kinds)} of {len(kinds) + 1} images" in r.getMessage() for r in caplog.records)
     # MR-like data is let through on request (the NaN, constant and truncated files are still dropped)
-    dataset = workflow(bundle, **overrides, on_bad_image="skip", intensity_check="none").parser.get_parsed_content(
+    dataset = bundle_workflow(bundle, **overrides, on_bad_image="skip", intensity_check="none").parser.get_parsed_content(
         "train::dataset"
     )
     assert sorted(item["image"] for item in dataset.data) == sorted([bad_images["good"], bad_images["mr"]])
@@ -121,7 +108,7 @@ def test_pretrain_config_stops_at_a_bad_image_or_skips_it(bundle_copy, bad_image
 @pytest.mark.parametrize("name", ["pretrain", "nodule_classification", "segmentation", "response_prediction"])
 def test_non_positive_epochs_fail_before_any_data_is_read(name, value, bundle_copy):
     bundle = bundle_copy(name)
-    line = failure(workflow(bundle, num_epochs=value, pretrained=False), "train::trainer")
+    line = failure(bundle_workflow(bundle, num_epochs=value, pretrained=False), "train::trainer")
     assert line == f"ValueError: num_epochs must be a positive whole number, got {value}."
     assert not (bundle / "data").exists()  # failed before the phantom data was generated
 
@@ -139,7 +126,7 @@ def test_downstream_bundles_name_a_wrong_missing_or_truncated_encoder(name, kind
         torch.save(SASwinEncoder(feature_size=24 if kind == "wrong" else 12).state_dict(), path)
     if kind == "truncated":
         path.write_bytes(path.read_bytes()[:4096])
-    wf = workflow(bundle_copy(name), pretrained_path=str(path))
+    wf = bundle_workflow(bundle_copy(name), pretrained_path=str(path))
     key = "network" if name == "organ_clustering" else "network_def"
     line = failure(wf, key)
     assert str(path) in line and expected in line, line
@@ -156,7 +143,7 @@ def test_downstream_evaluate_and_inference_load_through_the_checked_loader(name)
 
 
 def segmentation_transforms(bundle: Path, **overrides) -> Compose:
-    wf = workflow(bundle, **overrides)
+    wf = bundle_workflow(bundle, **overrides)
     return Compose(wf.parser.get_parsed_content("deterministic_transforms"))
 
 
@@ -246,7 +233,7 @@ def test_a_corrupt_newest_checkpoint_is_skipped_and_the_run_still_ends_as_the_un
     torch.set_num_threads(1)  # as the reference run: other thread counts round sums differently
     try:
         with caplog.at_level(logging.INFO):
-            workflow(bundle, **KILL_RUN, resume=True).run()
+            bundle_workflow(bundle, **KILL_RUN, resume=True).run()
     finally:
         torch.set_num_threads(threads)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -9,11 +9,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ckpt_export, verify_net_in_out
 
 from dagman_components.metrics import binary_classification_metrics
 from dagman_components.networks import SAClassifier
 
+from .conftest import bundle_workflow as workflow
 from .conftest import cli_overrides
 
 pytestmark = pytest.mark.slow
@@ -30,20 +31,6 @@ def error_chain(exc: BaseException) -> str:
         text.append(f"{type(exc).__name__}: {exc}")
         exc = exc.__cause__ or exc.__context__
     return "\n".join(text)
-
-
-def workflow(bundle, configs=("train.yaml",), workflow_type="train", **overrides):
-    files = [str(bundle / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
 from dagman_components.metrics import binary_classification_metrics
 
 from .conftest import BUNDLES, cli_overrides
+from .conftest import bundle_workflow as workflow
 
 pytestmark = pytest.mark.slow
 
@@ -25,20 +26,6 @@ TINY = {"phantom::num_volumes": 6, "phantom::dcb_fraction": 0.5, "phantom::crop_
 # the keys in which the two bundles' configs may differ: the task, not the pipeline
 TASK_KEYS = {"bundle_root", "datalist", "class_names", "phantom_task", "phantom", "pos_weight", "roi_size",
              "batch_size", "dataset_dir"}
-
-
-def workflow(bundle, configs=("train.yaml",), workflow_type="train", **overrides):
-    files = [str(bundle / "configs" / c) for c in configs]
-    wf = ConfigWorkflow(
-        config_file=files if len(files) > 1 else files[0],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 @pytest.fixture(scope="module")

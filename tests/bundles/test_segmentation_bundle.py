@@ -16,11 +16,12 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_net_in_out
+from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from monai.handlers import HausdorffDistance, MeanDice
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
 from .conftest import BUNDLES, cli_overrides
+from .conftest import bundle_workflow as workflow
 
 pytestmark = pytest.mark.slow
 
@@ -40,20 +41,6 @@ TINY = {
 
 def configs(bundle: Path, *names: str) -> list[str]:
     return [str(bundle / "configs" / f"{name}.yaml") for name in names]
-
-
-def workflow(bundle: Path, names=("train",), workflow_type="train", **overrides) -> ConfigWorkflow:
-    files = configs(bundle, *names)
-    wf = ConfigWorkflow(
-        config_file=files[0] if len(files) == 1 else files,
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type=workflow_type,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
 
 
 def error_chain(exc: BaseException) -> str:
@@ -97,7 +84,7 @@ def test_defaults_and_few_shot_split(trained):
 
 
 def test_evaluate_writes_dice_and_hd95(trained):
-    wf = workflow(trained, names=("train", "evaluate"), **TINY)
+    wf = workflow(trained, configs=("train", "evaluate"), **TINY)
     assert wf.check_properties() == []
     wf.run()
     summary = json.loads((trained / "eval" / "metrics.json").read_text())
@@ -140,7 +127,7 @@ def test_inference_subprocess_writes_aligned_labels(trained, tmp_path):
 
 
 def test_inference_preprocessing_keeps_monai_label_image_path(trained):
-    wf = workflow(trained, names=("inference",), workflow_type="infer", spacing=[4.0, 4.0, 4.0])
+    wf = workflow(trained, configs=("inference",), workflow_type="infer", spacing=[4.0, 4.0, 4.0])
     assert wf.check_properties() == []
     path = wf.parser.get_parsed_content("datalist")[0]["image"]
     data = wf.parser.get_parsed_content("preprocessing")({"image": path, "image_path": path})
@@ -155,7 +142,7 @@ def test_verify_net_in_out_and_torchscript_export(trained):
     # MONAI's Swin uses torch.utils.checkpoint, which TorchScript cannot script: export by tracing at roi_size
     ckpt_export(net_id="network_def", filepath=str(ts), ckpt_file=str(trained / "models" / "model.pt"),
                 meta_file=meta, config_file=config, use_trace=True, input_shape=[1, 1, 64, 64, 64])
-    wf = workflow(trained, names=("inference",), workflow_type="infer")
+    wf = workflow(trained, configs=("inference",), workflow_type="infer")
     net = wf.parser.get_parsed_content("network_def")
     net.load_state_dict(torch.load(trained / "models" / "model.pt", weights_only=True))
     x = torch.rand(1, 1, 64, 64, 64)
@@ -181,12 +168,14 @@ def test_bad_inputs_are_named(trained, tmp_path, tiny_pretrained_encoder):
         wf.parser.get_parsed_content("all_data")
     assert "phantom_001.nii.gz' does not exist" in error_chain(info.value)
 
-    # a volume smaller than the crop is padded, and named in a warning
+    # a volume smaller than the crop (but not tiny: a 32 mm body in air) is padded, and named in a warning
     small = tmp_path / "small"
+    body = np.full((20, 20, 20), -1000, np.int16)
+    body[2:18, 2:18, 2:18] = 40
     for case in ("a", "b"):
         affine = np.diag([2.0, 2.0, 2.0, 1.0])
         (small / case).mkdir(parents=True)
-        nib.save(nib.Nifti1Image(np.full((20, 20, 20), 40, np.int16), affine), str(small / case / "ct.nii.gz"))
+        nib.save(nib.Nifti1Image(body, affine), str(small / case / "ct.nii.gz"))
         nib.save(nib.Nifti1Image(np.ones((20, 20, 20), np.uint8), affine), str(small / case / "mask.nii.gz"))
     wf = workflow(trained, pretrained=False, dataset_dir=str(small), image_name="ct.nii.gz",
                   label_name="mask.nii.gz", target_labels=[1], num_folds=2)
