@@ -108,7 +108,9 @@ class EpochSeed:
     and the epoch only, not on what ran before: a run resumed from the checkpoint of epoch e trains epoch
     e + 1 exactly as the uninterrupted run does (with ``num_workers=0``; worker processes seed themselves from
     the same global seed, but persistent workers keep their random state across epochs). Uses MONAI's
-    ``set_determinism`` and ``set_rnd`` (what ``monai.data.DataLoader`` does once at construction).
+    ``set_determinism`` (which also keeps cuDNN deterministic, as the bundles' ``initialize`` already does)
+    and ``set_rnd`` (what ``monai.data.DataLoader`` does once at construction). A ``generator`` given to the
+    trainer for its masks is not reseeded.
 
     Args:
         seed: the run's seed.
