@@ -101,6 +101,7 @@ __all__ = [
     "evaluate_encoder",
     "probe_baselines",
     "encoder_kwargs_from_config",
+    "preprocessing_from_config",
     "encoder_kwargs_from_encoder",
     "build_encoder",
     "format_probe_table",
@@ -1045,6 +1046,28 @@ def encoder_kwargs_from_config(config_file: str | os.PathLike | Sequence[str | o
     return kwargs
 
 
+def preprocessing_from_config(config_file: str | os.PathLike | Sequence[str | os.PathLike]) -> dict[str, list[float]]:
+    """``{"spacing", "hu_range"}`` of pretrain bundle config(s): the probe must window and resample as pretraining did.
+
+    An encoder pretrained on a soft-tissue window (e.g. ``hu_range: [-175, 250]``) sees other inputs than
+    one pretrained on -1000..1000 HU; probing it on the other window measures the mismatch, not the encoder.
+    Keys the configs do not set keep train.yaml's defaults ((2, 2, 2) mm, (-1000, 1000) HU).
+    """
+    from monai.bundle import ConfigParser
+
+    files = [str(config_file)] if isinstance(config_file, (str, os.PathLike)) else [str(f) for f in config_file]
+    parser = ConfigParser()
+    parser.read_config(files)
+    result = {"spacing": [2.0, 2.0, 2.0], "hu_range": [-1000.0, 1000.0]}
+    for key in result:
+        if key in parser:
+            value = parser.get_parsed_content(key)
+            if len(value) != len(result[key]):
+                raise ValueError(f"'{key}' of {files} must have {len(result[key])} values, got {value!r}.")
+            result[key] = [float(v) for v in value]
+    return result
+
+
 def encoder_kwargs_from_encoder(encoder: SASwinEncoder) -> dict[str, Any]:
     """The constructor arguments of a built ``encoder``, read from its modules (for random-init references).
 
@@ -1165,8 +1188,8 @@ def run_probe(
     tumour_sources: Sequence[str] = ("sts",),
     organs: bool = True,
     max_cases: int | None = None,
-    spacing: Sequence[float] = (2.0, 2.0, 2.0),
-    hu_range: Sequence[float] = (-1000.0, 1000.0),
+    spacing: Sequence[float] | None = None,
+    hu_range: Sequence[float] | None = None,
     tile_size: int = 64,
     body_hu: float = -500.0,
     tumour_fraction: float = 0.5,
@@ -1196,7 +1219,9 @@ def run_probe(
         feature: one of :py:data:`PROBE_FEATURES` ("tokens").
         tumour_sources, organs, max_cases, spacing, hu_range, tile_size, body_hu, tumour_fraction,
             body_fraction, organ_fraction, min_blocks_per_organ, organ_label_offset: the data
-            (:py:func:`prepare_probe_data`; its blocks are cached across calls).
+            (:py:func:`prepare_probe_data`; its blocks are cached across calls). ``spacing`` and
+            ``hu_range`` None: ``config_file``'s (:py:func:`preprocessing_from_config`), else 2 mm and
+            -1000..1000 HU (train.yaml's).
         n_folds, C, max_iter: the tumour probe (:py:func:`linear_probe`); knn_k: the organ kNN (5).
         n_random_seeds: random-init reference encoders (3).
         seed: seed of the folds.
@@ -1212,6 +1237,9 @@ def run_probe(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder, kwargs = build_encoder(encoder_path, encoder_kwargs, config_file)
     encoder = encoder.to(device)
+    preprocessing = preprocessing_from_config(config_file) if config_file is not None else {}
+    spacing = spacing if spacing is not None else preprocessing.get("spacing", (2.0, 2.0, 2.0))
+    hu_range = hu_range if hu_range is not None else preprocessing.get("hu_range", (-1000.0, 1000.0))
     data = prepare_probe_data(
         data_dir, tumour_sources=tumour_sources, organs=organs, max_cases=max_cases, spacing=spacing,
         hu_range=hu_range, tile_size=tile_size, block_size=encoder.token_stride, body_hu=body_hu,
@@ -1234,6 +1262,7 @@ def run_probe(
                  "organ_reason": data.organ_reason, "data_dir": str(data_dir)},
         "settings": {"feature": feature, "config_file": config_files, "device": str(device), "batch_size": int(batch_size), "n_random_seeds": int(n_random_seeds),
                      "tumour_sources": list(tumour_sources), "max_cases": max_cases,
+                     "spacing": [float(v) for v in spacing], "hu_range": [float(v) for v in hu_range],
                      "probe": {"model": "StandardScaler + LogisticRegression(class_weight='balanced')", "C": float(C),
                                "max_iter": int(max_iter), "cv": "StratifiedGroupKFold by case", "n_folds": int(n_folds),
                                "seed": int(seed)},
@@ -1258,6 +1287,8 @@ def main(
     tumour_sources: Sequence[str] = ("sts",),
     organs: bool = True,
     max_cases: int | None = None,
+    spacing: Sequence[float] | None = None,
+    hu_range: Sequence[float] | None = None,
     tile_size: int = 64,
     n_folds: int = 5,
     C: float = 0.1,
@@ -1271,7 +1302,8 @@ def main(
     """Command line: ``python -m dagman_components.analysis.probe --encoder_path model.pt --data_dir DIR --output_dir OUT``.
 
     Any other ``--name value`` is an ``SASwinEncoder`` argument (``--feature_size 12 --depths "[2,2,8,2]"``),
-    applied over ``--config_file`` (pretrain config(s)) over train.yaml's defaults. Prints the table.
+    applied over ``--config_file`` (pretrain config(s)) over train.yaml's defaults. ``--hu_range`` and
+    ``--spacing`` default to the config files' (pretraining's window). Prints the table.
     """
     unknown = sorted(set(encoder_kwargs) - _encoder_parameter_names())
     if unknown:
@@ -1281,7 +1313,8 @@ def main(
         tumour_sources = [tumour_sources]
     result = run_probe(encoder_path, data_dir, encoder_kwargs=encoder_kwargs, config_file=config_file,
                        output_dir=output_dir, feature=feature, tumour_sources=tumour_sources, organs=organs,
-                       max_cases=max_cases, tile_size=tile_size, n_folds=n_folds, C=C, knn_k=knn_k,
+                       max_cases=max_cases, spacing=spacing, hu_range=hu_range, tile_size=tile_size,
+                       n_folds=n_folds, C=C, knn_k=knn_k,
                        n_random_seeds=n_random_seeds, seed=seed, batch_size=batch_size, device=device)
     print(format_probe_table(result))
     print(f"written: {result['files']['json']} ({result['wall_time_s']:.1f} s)")

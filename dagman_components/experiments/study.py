@@ -85,23 +85,35 @@ def evaluate_study(
     iterations_per_epoch: int = 6,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Probe every snapshot of every run; ``runs``: name -> ``{"dir": run folder, "encoder": {encoder kwargs}}``.
+    """Probe every snapshot of every run; ``runs``: name -> ``{"dir": run folder, "encoder": {encoder kwargs},
+    "config_file": pretrain config(s)}``.
 
-    ``encoder`` overrides train.yaml's architecture (e.g. ``{"use_semantic_attention": False}`` for SMIT).
+    ``config_file`` (optional; e.g. ``["bundles/pretrain/configs/train.yaml", "bundles/pretrain/configs/study.yaml"]``)
+    gives the run's architecture and its preprocessing (HU window, spacing: the probe windows the blocks as
+    the run's pretraining did); ``encoder`` overrides the architecture (e.g. ``{"use_semantic_attention": False}``
+    for SMIT).
     Returns (and writes as ``study.json``) per run: the curve (epoch, iteration, tumour AUC/AP, organ
     kNN), the random-init rows of its architecture, the intensity baseline and the collapse monitors.
     """
-    from dagman_components.analysis.probe import build_encoder, evaluate_encoder, prepare_probe_data, probe_baselines
+    from dagman_components.analysis.probe import (
+        build_encoder,
+        evaluate_encoder,
+        prepare_probe_data,
+        preprocessing_from_config,
+        probe_baselines,
+    )
 
-    data = prepare_probe_data(data_dir)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"data_dir": str(data_dir), "feature": feature, "n_random_seeds": n_random_seeds, "runs": {}}
     for name, run in runs.items():
         kwargs = dict(run.get("encoder", {}))
+        config_file = run.get("config_file")
+        preprocessing = preprocessing_from_config(config_file) if config_file is not None else {}
+        data = prepare_probe_data(data_dir, **preprocessing)  # cached per preprocessing within the process
         curve = []
         for epoch, path in snapshots(run["dir"]):
-            encoder, resolved = build_encoder(path, kwargs)
+            encoder, resolved = build_encoder(path, kwargs, config_file)
             scores = evaluate_encoder(encoder, data, feature=feature, device=device)
             organ = scores["organ"]
             curve.append(
@@ -120,6 +132,8 @@ def evaluate_study(
         intensity = baselines["intensity"]
         result["runs"][name] = {
             "dir": str(run["dir"]),
+            "config_file": config_file,
+            "preprocessing": preprocessing or {"spacing": [2.0, 2.0, 2.0], "hu_range": [-1000.0, 1000.0]},
             "encoder": resolved,
             "curve": curve,
             "random_init": random_init,

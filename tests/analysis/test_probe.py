@@ -25,6 +25,7 @@ from dagman_components.analysis.probe import (
     linear_probe,
     main,
     prepare_probe_data,
+    preprocessing_from_config,
     probe_baselines,
     run_probe,
 )
@@ -226,6 +227,11 @@ def test_encoder_arguments_from_config_files(tmp_path):
     # keyword arguments win over the config file
     encoder, used = build_encoder(None, {"num_heads": [1, 2, 2, 4]}, [train, layer])
     assert used["feature_size"] == 24 and used["num_heads"] == [1, 2, 2, 4] and encoder.feature_size == 24
+    # the preprocessing the probe must copy: train.yaml's window, or a layered one
+    assert preprocessing_from_config(train) == {"spacing": [2.0, 2.0, 2.0], "hu_range": [-1000.0, 1000.0]}
+    soft = tmp_path / "soft.yaml"
+    soft.write_text("hu_range: [-175, 250]\n")
+    assert preprocessing_from_config([train, soft])["hu_range"] == [-175.0, 250.0]
     # and the architecture read back from a built encoder rebuilds it
     assert SASwinEncoder(**encoder_kwargs_from_encoder(encoder)).state_dict().keys() == encoder.state_dict().keys()
 
@@ -287,6 +293,8 @@ def test_bundle_config_runs_the_probe(data_root, tiny_model, tmp_path):
     assert result["encoder"]["kwargs"]["feature_size"] == 12 and result["encoder"]["kwargs"]["depths"] == [1, 1, 1, 1]
     assert result["settings"]["config_file"][0].endswith("train.yaml")
     assert result["data"]["tumour"]["blocks"] == {"tissue": 220, "tumour": 20}
+    # hu_range: null in probe.yaml = the pretrain config's window
+    assert result["settings"]["hu_range"] == [-1000.0, 1000.0]
 
 
 class PretrainModel(nn.Module):
