@@ -70,14 +70,33 @@ def mean_pairwise_cosine(features: torch.Tensor) -> torch.Tensor:
     return ((x @ x.t()).sum() - m) / (m * (m - 1))
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: weight decay on weight matrices only, none on biases, norms, gains and tokens (DINO)."""
-    decay, no_decay = [], []
+def parameter_groups(
+    model: nn.Module, weight_decay: float, lr: float | None = None, encoder_lr_scale: float = 1.0
+) -> list[dict]:
+    """AdamW groups: weight decay on weight matrices only, none on biases, norms, gains and tokens (DINO).
+
+    With ``encoder_lr_scale`` != 1 (and ``lr``), the parameters under ``model.encoder`` get
+    ``lr * encoder_lr_scale`` and the heads ``lr`` **[choice]**: a short run at a small batch overwrites the
+    encoder's random features within tens of AdamW steps (docs/results/study.md), while the freshly
+    initialised heads need the full rate. Empty groups are left out, so with the default scale the
+    groups are (decay, no decay) as before.
+    """
+    if encoder_lr_scale != 1.0 and lr is None:
+        raise ValueError("parameter_groups: encoder_lr_scale needs the base lr.")
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, p in unwrap(model).named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith("_token") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decay = not (p.ndim <= 1 or name.endswith("_token"))
+        # one group per decay setting when the rates agree (the optimiser state of older checkpoints keeps loading)
+        groups.setdefault((decay, encoder_lr_scale != 1.0 and name.startswith("encoder.")), []).append(p)
+    result = []
+    for (decay, in_encoder), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])):
+        group: dict[str, Any] = {"params": params, "weight_decay": weight_decay if decay else 0.0}
+        if lr is not None:
+            group["lr"] = lr * (encoder_lr_scale if in_encoder else 1.0)
+        result.append(group)
+    return result
 
 
 class CoDistillationTrainer(Trainer):

@@ -309,3 +309,27 @@ def test_a_short_run_gives_each_sample_its_own_distillation_target():
         assert information["batch"][term] > 0.5, information
     # the [CLS] of an untrained SA module is the same vector for every crop: the plain head gives one target to all
     assert information["none"]["aitd"] < 0.1 * information["batch"]["aitd"], information
+
+
+def test_parameter_groups_scale_the_encoder_lr_and_keep_two_groups_by_default():
+    encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
+    model = DAGMaNPretrainModel(encoder, out_dim=16, hidden_dim=8, bottleneck_dim=8)
+    names = {id(p): n for n, p in model.named_parameters()}
+    default = parameter_groups(model, 0.05)
+    assert [g["weight_decay"] for g in default] == [0.05, 0.0] and all("lr" not in g for g in default)
+    groups = parameter_groups(model, 0.05, lr=8e-4, encoder_lr_scale=0.125)
+    assert len(groups) == 4
+    seen = 0
+    for group in groups:
+        in_encoder = {names[id(p)].startswith("encoder.") for p in group["params"]}
+        assert len(in_encoder) == 1  # a group is all encoder or all heads
+        assert group["lr"] == pytest.approx(1e-4 if in_encoder.pop() else 8e-4)
+        seen += len(group["params"])
+    assert seen == sum(1 for p in model.parameters() if p.requires_grad)
+    # the scheduler scales every group's own rate
+    optimizer = torch.optim.AdamW(groups, lr=8e-4)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    assert sorted({g["lr"] for g in optimizer.param_groups}) == pytest.approx([5e-5, 4e-4])
+    del scheduler
+    with pytest.raises(ValueError, match="needs the base lr"):
+        parameter_groups(model, 0.05, encoder_lr_scale=0.5)
