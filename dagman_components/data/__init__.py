@@ -4,6 +4,7 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.phantom`: deterministic synthetic CT volumes with organ labels and lung nodules.
 - :py:mod:`.datalist`: read a Decathlon-style JSON or scan a folder of NIfTI files; check image headers.
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
+- :py:mod:`.datasets`: the pretraining dataset, its preprocessing cached in memory, on disk or not at all.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
 - :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
   ``python -m dagman_components.data.lidc``; pylidc is optional).
@@ -23,6 +24,7 @@ from .classification import (
     load_classification_datalist,
     prepare_classification_data,
 )
+from .datasets import CACHE_MODES, pretrain_dataset
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
 from .organs import (
     ORGANMNIST3D_LABELS,
@@ -40,6 +42,8 @@ from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
 __all__ = [
+    "CACHE_MODES",
+    "pretrain_dataset",
     "ORGANMNIST3D_LABELS",
     "TOTALSEGMENTATOR_LABELS",
     "OrganData",

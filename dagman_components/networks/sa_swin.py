@@ -20,9 +20,14 @@ from monai.networks.nets.swin_unetr import SwinTransformer
 
 from dagman_components.bundle_utils import as_bool
 from dagman_components.masking import upsample_token_mask
+from dagman_components.networks.fast_swin import swin_stage
 from dagman_components.networks.semantic_attention import SemanticAttention
 
-__all__ = ["EncoderOutput", "SASwinEncoder", "load_encoder_state_dict", "swin_unetr_state_dict"]
+__all__ = ["EncoderOutput", "SASwinEncoder", "SWIN_FORWARDS", "load_encoder_state_dict", "swin_unetr_state_dict"]
+
+#: how the Swin stages run: ``"fast"`` (:mod:`dagman_components.networks.fast_swin`: window-ordered
+#: residual stream, fused or cache-sized window attention) or ``"monai"`` (MONAI's ``BasicLayer.forward``)
+SWIN_FORWARDS = ("fast", "monai")
 
 
 @dataclass
@@ -95,6 +100,9 @@ class SASwinEncoder(nn.Module):
             (the SA module is "inserted into" stage 3, SMART sec. III-B) **[choice]**; False: SA is a
             side branch and the Swin path is exactly MONAI's.
         use_checkpoint: gradient checkpointing in the Swin blocks (MONAI's option).
+        swin_forward: ``"fast"`` (default) or ``"monai"``, see :data:`SWIN_FORWARDS`. Same parameters
+            and, up to float rounding, the same outputs and gradients; stages whose blocks carry
+            forward hooks run MONAI's forward either way.
     """
 
     def __init__(
@@ -115,6 +123,7 @@ class SASwinEncoder(nn.Module):
         sa_layer_scale_init: float = 0.1,
         sa_inline: bool = True,
         use_checkpoint: bool = False,
+        swin_forward: str = "fast",
     ) -> None:
         super().__init__()
         # flags may arrive as "false" strings from `monai.bundle run --key false`
@@ -125,6 +134,8 @@ class SASwinEncoder(nn.Module):
             raise ValueError(f"depths and num_heads need 4 stages, got depths={depths}, num_heads={num_heads}.")
         if sa_stage not in (1, 2, 3, 4):
             raise ValueError(f"sa_stage must be 1, 2, 3 or 4, got {sa_stage}.")
+        if swin_forward not in SWIN_FORWARDS:
+            raise ValueError(f"swin_forward must be one of {SWIN_FORWARDS}, got {swin_forward!r}.")
         if feature_size % 12 != 0:
             raise ValueError(f"feature_size must be divisible by 12 (as in MONAI SwinUNETR), got {feature_size}.")
         self.in_channels = in_channels
@@ -132,6 +143,7 @@ class SASwinEncoder(nn.Module):
         self.patch_size = patch_size
         self.sa_stage = sa_stage
         self.sa_inline = sa_inline
+        self.swin_forward = swin_forward
         self.swinViT = SwinTransformer(
             in_chans=in_channels,
             embed_dim=feature_size,
@@ -218,7 +230,7 @@ class SASwinEncoder(nn.Module):
             weight = upsample_token_mask(mask, grid, self.token_stride // self.patch_size).unsqueeze(1).to(x0.dtype)
             x0 = x0 * (1.0 - weight) + self.mask_token.to(x0.dtype) * weight
         x_stage = swin.pos_drop(x0)
-        hidden_states = [swin.proj_out(x_stage, normalize=True)]
+        hidden_states = [self._normalized(x_stage)]
         sa_out = None
         premerge: list[torch.Tensor] = []
         for stage, layers in enumerate((swin.layers1, swin.layers2, swin.layers3, swin.layers4), start=1):
@@ -232,18 +244,18 @@ class SASwinEncoder(nn.Module):
                 else None
             )
             try:
-                x_stage = layers[0](x_stage.contiguous())
+                x_stage = self._run_stage(layers[0], x_stage)
             finally:
                 if handle is not None:
                     handle.remove()
-            stage_map = swin.proj_out(x_stage, normalize=True)
+            stage_map = self._normalized(x_stage)
             if stage == self.sa_stage:
                 tokens = stage_map.flatten(2).transpose(1, 2)
                 if self.semantic_attention is not None:
                     sa_out = self.semantic_attention(x_stage)
                     if self.sa_inline:
                         x_stage = sa_out.features
-                        stage_map = swin.proj_out(x_stage, normalize=True)
+                        stage_map = self._normalized(x_stage)
             hidden_states.append(stage_map)
         premerge_tokens = None
         if premerge:
@@ -260,6 +272,20 @@ class SASwinEncoder(nn.Module):
             pooled=hidden_states[-1].flatten(2).mean(dim=-1),
             grid_size=grid,
         )
+
+    def _run_stage(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """One MONAI ``BasicLayer`` on (B, C, D, H, W); the fast forward returns a channels-last view of the same shape."""
+        if self.swin_forward == "monai":
+            return layer(x.contiguous())
+        return swin_stage(layer, x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+
+    def _normalized(self, x: torch.Tensor) -> torch.Tensor:
+        """MONAI's ``proj_out(x, normalize=True)``: layer norm over channels (no affine) of (B, C, D, H, W)."""
+        if self.swin_forward == "monai":
+            return self.swinViT.proj_out(x, normalize=True)
+        # on a channels-last map both permutes are views: no copy (MONAI rearranges twice)
+        channels_last = x.permute(0, 2, 3, 4, 1)
+        return F.layer_norm(channels_last, channels_last.shape[-1:]).permute(0, 4, 1, 2, 3)
 
     def load_pretrained(self, path: str | Path, strict: bool = True) -> SASwinEncoder:
         """Load encoder weights written by the pretrain bundle (``models/model.pt``); see :func:`load_encoder_state_dict`."""
