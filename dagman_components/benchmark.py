@@ -79,6 +79,8 @@ class BenchmarkConfig:
     amp_dtype: str = "bfloat16"
     use_checkpoint: bool = False
     swin_forward: str = "fast"
+    compile_swin: bool = False
+    channels_last: bool = False
     fused_optimizer: bool = True
     iterations: int = 10
     warmup: int = 2
@@ -113,6 +115,8 @@ def _build_student(cfg: BenchmarkConfig, semantic_attention: bool) -> torch.nn.M
         use_semantic_attention=semantic_attention,
         use_checkpoint=cfg.use_checkpoint,
         swin_forward=cfg.swin_forward,
+        compile_stages=cfg.compile_swin,
+        channels_last=cfg.channels_last,
     )
     return DAGMaNPretrainModel(
         encoder,
@@ -226,7 +230,7 @@ def trainer_step(cfg: BenchmarkConfig, device: torch.device, method: str) -> Cal
 
 def _make_step(cfg: BenchmarkConfig, variant: str, device: torch.device) -> Callable[[], None]:
     if variant == "monai_lower_bound":
-        return lower_bound_step(replace(cfg, swin_forward="monai"), device)
+        return lower_bound_step(replace(cfg, swin_forward="monai", compile_swin=False, channels_last=False), device)
     return lower_bound_step(cfg, device) if variant == "lower_bound" else trainer_step(cfg, device, variant)
 
 
@@ -539,6 +543,8 @@ def main(
     amp_dtype: str = "bfloat16",
     use_checkpoint: bool = False,
     swin_forward: str = "fast",
+    compile_swin: bool = False,
+    channels_last: bool = False,
     fused_optimizer: bool = True,
     iterations: int = 10,
     warmup: int = 2,
@@ -568,8 +574,12 @@ def main(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     # the command line hands lowercase true/false over as strings
-    amp, use_checkpoint, fused_optimizer, memory = (
-        as_bool(v, n) for v, n in ((amp, "amp"), (use_checkpoint, "use_checkpoint"), (fused_optimizer, "fused_optimizer"), (memory, "memory"))
+    amp, use_checkpoint, fused_optimizer, memory, compile_swin, channels_last = (
+        as_bool(v, n)
+        for v, n in (
+            (amp, "amp"), (use_checkpoint, "use_checkpoint"), (fused_optimizer, "fused_optimizer"), (memory, "memory"),
+            (compile_swin, "compile_swin"), (channels_last, "channels_last"),
+        )
     )
     if threads:
         torch.set_num_threads(int(threads))
@@ -577,7 +587,8 @@ def main(
         roi_size=roi_size, batch_size=batch_size, feature_size=feature_size, depths=tuple(depths),
         num_heads=tuple(num_heads), head_out_dim=head_out_dim, head_hidden_dim=head_hidden_dim,
         head_bottleneck_dim=head_bottleneck_dim, device=device, amp=amp, amp_dtype=amp_dtype,
-        use_checkpoint=use_checkpoint, swin_forward=swin_forward, fused_optimizer=fused_optimizer,
+        use_checkpoint=use_checkpoint, swin_forward=swin_forward, compile_swin=compile_swin, channels_last=channels_last,
+        fused_optimizer=fused_optimizer,
         iterations=iterations, warmup=warmup, data_batches=data_batches, phantom_volumes=phantom_volumes,
         phantom_shape=tuple(phantom_shape), num_workers=num_workers, cache=cache, assumed_step_s=assumed_step_s,
         data_memory_volumes=tuple(int(n) for n in data_memory_volumes), memory=memory, seed=seed,

@@ -71,8 +71,15 @@ def relative_position_bias(attn: WindowAttention, n: int) -> torch.Tensor:
 def shift_mask(
     grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
 ) -> torch.Tensor:
-    """(num_windows, n, n) additive shift mask (0 or -100), MONAI's ``compute_mask``, cached per grid."""
-    return compute_mask(list(grid), window, shift, device)
+    """(num_windows, n, n) additive shift mask, MONAI's ``compute_mask`` with -inf where MONAI adds -100, cached per grid.
+
+    MONAI's -100 leaves weights of about e^-100 = 4e-44 between tokens that are not neighbours: a
+    denormal float, and every product with an attention matrix holding denormals runs about 30x slower
+    on x86 (measured: 15 ms instead of 0.5 ms per (216, 64, 64) x (216, 64, 24) product). With -inf
+    those weights are exactly 0; nothing else changes.
+    """
+    mask = compute_mask(list(grid), window, shift, device)
+    return mask.masked_fill(mask < 0, float("-inf"))
 
 
 @functools.lru_cache(maxsize=64)
