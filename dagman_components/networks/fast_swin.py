@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import (
     BasicLayer,
+    PatchMerging,
     SwinTransformerBlock,
     WindowAttention,
     compute_mask,
@@ -105,6 +106,30 @@ def _reorder(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return inverse[target]
 
 
+#: MONAI's ``PatchMerging`` (v0.9 order) concatenates the 2x2x2 neighbours at these (d, h, w) offsets,
+#: numbered d*4 + h*2 + w: (0,0,0), (1,0,0), (0,1,0), (0,0,1), (1,1,0), (1,0,1), (0,1,1), (1,1,1)
+_PATCH_MERGING_OFFSETS = (0, 4, 2, 1, 6, 5, 3, 7)
+
+
+@functools.lru_cache(maxsize=64)
+def _merge_order(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(L,) row-major grid index of each token in ``PatchMerging``'s output layout: merged tokens row-major, 8 neighbours each."""
+    d, h, w = grid
+    index = torch.arange(d * h * w, device=device).reshape(d // 2, 2, h // 2, 2, w // 2, 2)
+    neighbours = index.permute(0, 2, 4, 1, 3, 5).reshape(-1, 8)
+    return neighbours[:, list(_PATCH_MERGING_OFFSETS)].reshape(-1)
+
+
+def _mergeable(merge: nn.Module | None, grid: tuple[int, ...]) -> bool:
+    """True when ``merge`` is MONAI's 3D ``PatchMerging`` on an even grid with no hooks (hooks want its own forward)."""
+    return (
+        type(merge) is PatchMerging
+        and len(grid) == 3
+        and all(g % 2 == 0 for g in grid)
+        and not (merge._forward_hooks or merge._forward_pre_hooks)
+    )
+
+
 def uses_monai_forward(layer: BasicLayer) -> bool:
     """True when :func:`swin_stage` must run MONAI's forward: Hyena blocks, or hooks on a block or inside it."""
     if getattr(layer, "use_hyena", False):
@@ -123,27 +148,33 @@ def _chunk_windows(num_windows: int, heads: int, n: int, mask_windows: int | Non
     return max(d for d in range(1, target + 1) if mask_windows % d == 0)
 
 
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(windows, heads, n, hd) -> (windows, n, heads * hd), MONAI's ``transpose(1, 2).reshape``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
 def _sdpa(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Fused attention; ``bias`` (heads, n, n), ``mask`` (nW, n, n) or None; q, k, v (B*nW, heads, n, hd)."""
+    """Fused attention -> (B*nW, n, C); ``bias`` (heads, n, n), ``mask`` (nW, n, n) or None; q, k, v (B*nW, heads, n, hd)."""
     dropout = attn.attn_drop.p if attn.training else 0.0
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=attn.scale)
+        return _merge_heads(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=attn.scale)
+        )
     # one additive mask per window of a sample, (nW, heads, n, n); samples run one call each, so the
     # mask never needs to be repeated over the batch (MONAI's path expands it to every window of every sample)
     combined = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
     num_windows = mask.shape[0]
     outputs = [
-        F.scaled_dot_product_attention(
-            q[s : s + num_windows], k[s : s + num_windows], v[s : s + num_windows],
-            attn_mask=combined, dropout_p=dropout, scale=attn.scale,
+        _merge_heads(
+            F.scaled_dot_product_attention(qs, ks, vs, attn_mask=combined, dropout_p=dropout, scale=attn.scale)
         )
-        for s in range(0, q.shape[0], num_windows)
+        for qs, ks, vs in zip(q.split(num_windows), k.split(num_windows), v.split(num_windows))
     ]
     return torch.cat(outputs)
 
 
 def _explicit(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """MONAI's explicit attention formula over chunks of windows (see :data:`ATTENTION_CHUNK_BYTES`)."""
+    """MONAI's explicit attention formula over chunks of windows (see :data:`ATTENTION_CHUNK_BYTES`) -> (B*nW, n, C)."""
     batch_windows, heads, n, _ = q.shape
     num_mask = None if mask is None else mask.shape[0]
     chunk = _chunk_windows(batch_windows, heads, n, num_mask)
@@ -158,7 +189,8 @@ def _explicit(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Te
             # the mask needs no gradient: in place, the scores are this chunk's own temporary
             scores = scores.add_(mask[offset : offset + qc.shape[0]].unsqueeze(1))
         weights = attn.attn_drop(scores.softmax(dim=-1)).to(vc.dtype)
-        outputs.append(weights @ vc)
+        # heads merged per chunk, while it is in cache: the concatenation is then the only full-size copy
+        outputs.append(_merge_heads(weights @ vc))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -184,7 +216,7 @@ def window_attention(
     if fused is None:
         fused = x.device.type != "cpu" or not torch.is_grad_enabled()
     out = (_sdpa if fused else _explicit)(attn, q, k, v, bias, mask)
-    return attn.proj_drop(attn.proj(out.transpose(1, 2).reshape(batch_windows, n, c)))
+    return attn.proj_drop(attn.proj(out))
 
 
 def _block(block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -237,7 +269,14 @@ def swin_stage(layer: BasicLayer, x: torch.Tensor) -> torch.Tensor:
             current = (grid, window, shift)
         mask = shift_mask(grid, window, shift, x.device) if any(s > 0 for s in shift) else None
         tokens = _block(block, tokens, math.prod(window), mask)
+    merge = layer.downsample
+    if _mergeable(merge, grid):
+        # one gather from window order straight into the merged layout, instead of MONAI's reverse
+        # copies and its eight strided slices (whose backward writes eight zero-filled full-size maps)
+        merged = tokens[:, _reorder(window_order(*current, x.device), _merge_order(grid, x.device))]
+        merged = merged.view(b, *(g // 2 for g in grid), 8 * c)
+        return merge.reduction(merge.norm(merged))
     if current != spatial:
         tokens = tokens[:, _reorder(window_order(*current, x.device), window_order(*spatial, x.device))]
     out = tokens.view(b, *grid, c)
-    return layer.downsample(out) if layer.downsample is not None else out
+    return merge(out) if merge is not None else out
