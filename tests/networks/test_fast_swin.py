@@ -180,6 +180,16 @@ def test_fast_encoder_weights_load_into_swin_unetr_and_match_it(encoders):
         assert torch.allclose(ours[i], theirs[i], atol=TOLERANCE, rtol=0)
 
 
+def test_channels_last_input_changes_nothing(encoders):
+    fast, _ = encoders
+    twin = copy.deepcopy(fast)
+    twin.channels_last = True
+    x = torch.rand(1, 1, 64, 64, 64)
+    with torch.no_grad():
+        a, b = fast(x), twin(x)
+    assert all(torch.allclose(p, q, atol=TOLERANCE, rtol=0) for p, q in zip(a.hidden_states, b.hidden_states))
+
+
 def test_unknown_swin_forward_is_refused():
     with pytest.raises(ValueError, match="swin_forward"):
         SASwinEncoder(feature_size=12, swin_forward="flash")
