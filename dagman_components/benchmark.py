@@ -43,6 +43,7 @@ import json
 import logging
 import math
 import multiprocessing
+import queue as queue_module
 import statistics
 import sys
 import tempfile
@@ -318,15 +319,26 @@ def peak_step_memory(cfg: BenchmarkConfig, variant: str) -> int:
         del step
         torch.cuda.empty_cache()
         return peak
+    return _in_fresh_process(_memory_child, f"memory probe of {variant!r}", asdict(cfg), variant, torch.get_num_threads())
+
+
+def _in_fresh_process(target: Callable[..., None], what: str, *args: Any) -> int:
+    """Run ``target(*args, queue)`` in a spawned process and return the number it puts; its error, or its death, raises."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_memory_child, args=(asdict(cfg), variant, torch.get_num_threads(), queue))
+    child = context.Process(target=target, args=(*args, queue))
     child.start()
-    peak, error = queue.get()
+    while True:
+        try:
+            value, error = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not child.is_alive():  # died before reporting (killed, or could not even start)
+                raise RuntimeError(f"{what} failed: the child process exited with code {child.exitcode}") from None
     child.join()
     if error is not None:
-        raise RuntimeError(f"memory probe of {variant!r} failed: {error}")
-    return peak
+        raise RuntimeError(f"{what} failed: {error}")
+    return value
 
 
 def _data_loader(cfg: BenchmarkConfig, workdir: Path):
@@ -392,15 +404,9 @@ def data_peak_rss(cfg: BenchmarkConfig) -> int:
         generate_phantom_dataset(
             Path(workdir) / "phantom", num_volumes=cfg.phantom_volumes, shape=tuple(cfg.phantom_shape), seed=cfg.seed
         )
-        context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        child = context.Process(target=_data_memory_child, args=(asdict(cfg), workdir, queue))
-        child.start()
-        peak, error = queue.get()
-        child.join()
-    if error is not None:
-        raise RuntimeError(f"data memory probe with {cfg.phantom_volumes} volumes failed: {error}")
-    return peak
+        return _in_fresh_process(
+            _data_memory_child, f"data memory probe with {cfg.phantom_volumes} volumes", asdict(cfg), workdir
+        )
 
 
 # ---- the whole benchmark -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ Architecture defaults are the papers' (DAGMaN appendix, SMART sec. IV-C; SMIT's 
 attribute ``swinViT`` with MONAI's key names, so ``swinViT.*`` loads unchanged into
 ``monai.networks.nets.SwinUNETR`` (see :func:`swin_unetr_state_dict`). The stages run MONAI's modules
 through :mod:`dagman_components.networks.fast_swin` by default (``swin_forward="fast"``): same weights and,
-within float rounding, the same results as MONAI's forward, in about a third of its time on a CPU.
+within float rounding, the same results as MONAI's forward, in a third to a half of its time on a CPU.
 """
 
 from __future__ import annotations
