@@ -71,6 +71,15 @@ def test_parameter_gradients_equal_monai():
         assert torch.allclose(p.grad, q.grad, atol=TOLERANCE * float(q.grad.abs().max()), rtol=TOLERANCE), name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    layer = stage()
+    for block in layer.blocks:
+        block.use_checkpoint = True
+    fast_out, monai_out, fast_grad, monai_grad = run_both(layer, torch.randn(1, 8, 8, 8, 12), grad=True)
+    assert torch.allclose(fast_out, monai_out, atol=TOLERANCE, rtol=0)
+    assert torch.allclose(fast_grad, monai_grad, atol=TOLERANCE, rtol=0)
+
+
 @pytest.mark.parametrize("chunk_bytes", [2 * 3 * 64 * 64 * 4, 16 * 3 * 64 * 64 * 4], ids=["chunk_below_mask", "chunk_above_mask"])
 def test_chunks_keep_each_window_with_its_own_shift_mask(monkeypatch, chunk_bytes):
     """Chunks smaller and larger than one sample's 8 windows: each window must still get its own mask row."""
