@@ -32,7 +32,7 @@ def test_writes_every_documented_figure(tmp_path, capsys):
     assert saved["ratio_dagman_to_lower_bound"] == pytest.approx(result["ratio_dagman_to_lower_bound"])
     rows = saved["variants"]
     assert list(rows) == ["monai_lower_bound", "lower_bound", "dagman", "dagman_noisy_satt", "smit"]
-    for name, row in rows.items():
+    for row in rows.values():
         assert len(row["times_s"]) == 2 and row["median_s_per_iteration"] > 0
         assert row["volumes_per_s"] == pytest.approx(2 / row["median_s_per_iteration"])
         assert row["flops_per_step"] > 0

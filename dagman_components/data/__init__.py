@@ -24,8 +24,8 @@ from .classification import (
     load_classification_datalist,
     prepare_classification_data,
 )
-from .datasets import CACHE_MODES, pretrain_dataset
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .datasets import CACHE_MODES, pretrain_dataset
 from .organs import (
     ORGANMNIST3D_LABELS,
     TOTALSEGMENTATOR_LABELS,

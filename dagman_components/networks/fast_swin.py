@@ -2,7 +2,7 @@
 
 MONAI's ``BasicLayer`` / ``SwinTransformerBlock`` / ``WindowAttention`` hold the parameters; only the
 order of the computation changes, so every parameter name (and ``SwinUNETR.load_state_dict``) stays
-MONAI's. Two things make MONAI's forward slow on a CPU (profile of the pretraining step):
+MONAI's. Three things make MONAI's forward slow on a CPU (profile of the pretraining step):
 
 1. **Window attention.** Each (window, head) is a tiny matrix product (64 tokens, head dim 3-24),
    so ``q @ k^T``, the bias add, the softmax and ``attn @ v`` stream the (windows, heads, n, n)
@@ -14,11 +14,15 @@ MONAI's. Two things make MONAI's forward slow on a CPU (profile of the pretraini
    - with autograd on CPU: MONAI's explicit formula over chunks of windows small enough that the
      attention matrices of a chunk stay in the L2 cache (PyTorch's fused CPU kernel cannot give the
      gradient of the relative position bias, and falls back to the unfused formula).
-2. **Window partition / reverse copies.** MONAI rolls, partitions, reverses and rolls back the
+2. **Denormal attention weights.** MONAI's shift mask adds -100, which leaves weights of e^-100
+   (denormal floats) that slow every product with the attention matrix about 30x; :func:`shift_mask`
+   uses -inf (weights exactly 0).
+3. **Window partition / reverse copies.** MONAI rolls, partitions, reverses and rolls back the
    whole feature map in every block. :func:`swin_stage` instead keeps the residual stream of a
    stage in *window order* (the tokens of each window contiguous): norms, MLP, residuals and drop
    path are per token, so an unshifted block needs no copy and a shifted block one gather from
-   one window order to the other. The shift mask is built once per grid, not per forward.
+   one window order to the other; the patch merging at the end of the stage is folded into one
+   last gather. The shift mask and the orders are built once per grid, not per forward.
 
 The arithmetic per token and per window is MONAI's (same formula, same order of additions); the
 fused kernel differs from it by float rounding only (tests: outputs and input gradients within 1e-5).
@@ -30,7 +34,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
@@ -248,8 +251,9 @@ def swin_stage(layer: BasicLayer, x: torch.Tensor) -> torch.Tensor:
 
     Same result as ``layer(x.permute(0, 4, 1, 2, 3))`` (then permuted back), with the stage's residual
     stream in window order (module docstring). Grids that MONAI pads (not a multiple of the window)
-    and hooked stages (:func:`uses_monai_forward`) run MONAI's own forward. The patch merging is the
-    layer's own ``downsample`` module, called on the (B, D, H, W, C) map as MONAI does.
+    and hooked stages (:func:`uses_monai_forward`) run MONAI's own forward. MONAI's ``PatchMerging``
+    becomes one gather into its concatenation order followed by its own ``norm`` and ``reduction``;
+    any other (or hooked) ``downsample`` module is called on the (B, D, H, W, C) map as MONAI does.
     """
     b, *spatial, c = x.shape
     grid = tuple(int(s) for s in spatial)

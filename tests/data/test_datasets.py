@@ -6,7 +6,13 @@ import pytest
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
-from dagman_components.data import CACHE_MODES, generate_phantom_dataset, load_datalist, pretrain_dataset, pretrain_transforms
+from dagman_components.data import (
+    CACHE_MODES,
+    generate_phantom_dataset,
+    load_datalist,
+    pretrain_dataset,
+    pretrain_transforms,
+)
 
 ROI = (32, 32, 32)
 SPACING = (4.0, 4.0, 4.0)
