@@ -1,25 +1,36 @@
-"""Pretraining step benchmark: how close is a co-distillation step to the networks it runs?
+"""Pretraining step benchmark: how fast is a co-distillation step, against MONAI's own networks?
 
 ``python -m dagman_components.benchmark`` times, in one process and interleaved round by round so
 machine drift cancels out of the ratios:
 
-1. ``lower_bound``: the student and teacher networks alone (encoder + SA + heads): the student's
-   forward and backward on the two stacked views with a fixed mask, and the teacher's no-grad
-   forward on the two views with its heads; no masking, loss, optimiser or EMA;
-2. ``dagman``: one full ``CoDistillationTrainer`` iteration (patch dropout, SATT, guided masks, the
+1. ``monai_lower_bound``: the student and teacher networks alone, run by MONAI's own forward
+   (``swin_forward="monai"``: MONAI's ``BasicLayer``/``WindowAttention``, as every peer built on MONAI's
+   Swin runs them): the student's forward and backward on the two stacked views with a fixed mask,
+   and the teacher's no-grad forward on the two views with its heads; no masking, loss, optimiser or EMA;
+2. ``lower_bound``: the same networks and work with this package's forward (``--swin_forward``, default
+   ``fast``: :mod:`dagman_components.networks.fast_swin`);
+3. ``dagman``: one full ``CoDistillationTrainer`` iteration (patch dropout, SATT, guided masks, the
    four losses, backward, clipping, AdamW step, EMA, centers, learning-rate schedule and logging
    handlers), stepped through Ignite's iteration events;
-3. ``dagman_noisy_satt``: the same iteration with the student's SATT taken from the patch-dropped
+4. ``dagman_noisy_satt``: the same iteration with the student's SATT taken from the patch-dropped
    teacher pass (no clean teacher pass): ``ratio_clean_to_noisy_satt`` is what the clean pass costs;
-4. ``smit``: the same trainer with random masking, no SA module, clean teacher;
-4. ``data``: volumes/s that the pretrain bundle's data pipeline (CacheDataset of the deterministic
-   transforms, then two random crops, DataLoader) delivers on the phantom set, against the volumes/s
-   the DAGMaN step consumes.
+5. ``smit``: the same trainer with random masking, no SA module, clean teacher;
+6. ``data``: volumes/s that the pretrain bundle's data pipeline (``--cache memory|disk|none`` of the
+   deterministic transforms, then two random crops, DataLoader with ``--num_workers``) delivers on the
+   phantom set, against the volumes/s the DAGMaN step consumes and against an assumed step time
+   (``--assumed_step_s``, e.g. a GPU's).
+
+Every variant runs at the run's precision (``--amp``), so the MONAI ratio measures the networks' forward,
+not the precision. ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
+(matrix products and convolutions, forward and backward; PyTorch's fused CPU attention kernel is counted
+with the flop counter's own SDPA formula, so both forwards count the same arithmetic);
+``achieved_flops_per_s`` divides it by the median step time.
 
 Peak memory is per variant: on CUDA ``torch.cuda.max_memory_allocated`` above what was allocated before
 the first step; on CPU the peak resident set size (``VmHWM``, Linux) of a fresh child process running two
 steps of the variant, above its RSS just before the first step (so the Python/torch baseline does not dilute the
-gradient-checkpointing ratio).
+gradient-checkpointing ratio). ``--data_memory_volumes "[20,200]"`` also measures the data pipeline's peak RSS
+over one pass of phantom sets of those sizes (fresh child process per size): flat with ``--cache disk``.
 
 Defaults are the pretrain bundle's ``configs/train.yaml`` (64^3, batch 2, feature size 12, heads
 1024/256/64); the issue's second configuration is ``--roi_size 96 --feature_size 48``.
@@ -32,6 +43,7 @@ import json
 import logging
 import math
 import multiprocessing
+import queue as queue_module
 import statistics
 import sys
 import tempfile
@@ -48,7 +60,7 @@ __all__ = ["BenchmarkConfig", "run_benchmark", "format_table", "main"]
 
 logger = logging.getLogger(__name__)
 
-VARIANTS = ("lower_bound", "dagman", "dagman_noisy_satt", "smit")
+VARIANTS = ("monai_lower_bound", "lower_bound", "dagman", "dagman_noisy_satt", "smit")
 
 
 @dataclass
@@ -67,6 +79,9 @@ class BenchmarkConfig:
     amp: bool = False
     amp_dtype: str = "bfloat16"
     use_checkpoint: bool = False
+    swin_forward: str = "fast"
+    compile_swin: bool = False
+    channels_last: bool = False
     fused_optimizer: bool = True
     iterations: int = 10
     warmup: int = 2
@@ -74,6 +89,9 @@ class BenchmarkConfig:
     phantom_volumes: int = 8
     phantom_shape: Sequence[int] = (112, 112, 96)
     num_workers: int = 0
+    cache: str = "memory"
+    assumed_step_s: float = 0.25
+    data_memory_volumes: Sequence[int] = ()
     memory: bool = True
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
@@ -97,6 +115,9 @@ def _build_student(cfg: BenchmarkConfig, semantic_attention: bool) -> torch.nn.M
         drop_path_rate=0.1,
         use_semantic_attention=semantic_attention,
         use_checkpoint=cfg.use_checkpoint,
+        swin_forward=cfg.swin_forward,
+        compile_stages=cfg.compile_swin,
+        channels_last=cfg.channels_last,
     )
     return DAGMaNPretrainModel(
         encoder,
@@ -209,7 +230,26 @@ def trainer_step(cfg: BenchmarkConfig, device: torch.device, method: str) -> Cal
 
 
 def _make_step(cfg: BenchmarkConfig, variant: str, device: torch.device) -> Callable[[], None]:
+    if variant == "monai_lower_bound":
+        return lower_bound_step(replace(cfg, swin_forward="monai", compile_swin=False, channels_last=False), device)
     return lower_bound_step(cfg, device) if variant == "lower_bound" else trainer_step(cfg, device, variant)
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """FLOPs of PyTorch's fused CPU attention kernel: the flop counter's formula for the other SDPA kernels."""
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def step_flops(step: Callable[[], None]) -> int:
+    """FLOPs of one call of ``step`` counted by ``torch.utils.flop_counter`` (matrix products, convolutions, SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    with FlopCounterMode(display=False, custom_mapping=custom) as counter:
+        step()
+    return counter.get_total_flops()
 
 
 # ---- timing and memory ---------------------------------------------------------------------------
@@ -250,8 +290,9 @@ def _peak_rss_bytes() -> int:
     return _status_bytes("VmHWM")
 
 
-def _memory_child(cfg_dict: dict, variant: str, queue: multiprocessing.Queue) -> None:
+def _memory_child(cfg_dict: dict, variant: str, threads: int, queue: multiprocessing.Queue) -> None:
     try:
+        torch.set_num_threads(threads)
         cfg = BenchmarkConfig(**cfg_dict)
         device = cfg.torch_device()
         step = _make_step(cfg, variant, device)
@@ -278,33 +319,53 @@ def peak_step_memory(cfg: BenchmarkConfig, variant: str) -> int:
         del step
         torch.cuda.empty_cache()
         return peak
+    return _in_fresh_process(_memory_child, f"memory probe of {variant!r}", asdict(cfg), variant, torch.get_num_threads())
+
+
+def _in_fresh_process(target: Callable[..., None], what: str, *args: Any) -> int:
+    """Run ``target(*args, queue)`` in a spawned process and return the number it puts; its error, or its death, raises."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_memory_child, args=(asdict(cfg), variant, queue))
+    child = context.Process(target=target, args=(*args, queue))
     child.start()
-    peak, error = queue.get()
+    while True:
+        try:
+            value, error = queue.get(timeout=5)
+            break
+        except queue_module.Empty:
+            if not child.is_alive():  # died before reporting (killed, or could not even start)
+                raise RuntimeError(f"{what} failed: the child process exited with code {child.exitcode}") from None
     child.join()
     if error is not None:
-        raise RuntimeError(f"memory probe of {variant!r} failed: {error}")
-    return peak
+        raise RuntimeError(f"{what} failed: {error}")
+    return value
 
 
-def data_throughput(cfg: BenchmarkConfig, workdir: Path) -> float:
-    """Volumes/s delivered by the pretrain bundle's pipeline on the phantom set (cache filled beforehand)."""
-    from monai.data import CacheDataset, DataLoader
+def _data_loader(cfg: BenchmarkConfig, workdir: Path):
+    """The pretrain bundle's dataset (``cfg.cache``) and DataLoader over ``cfg.phantom_volumes`` phantoms in ``workdir``."""
+    from monai.data import DataLoader
 
-    from dagman_components.data import generate_phantom_dataset, load_datalist, pretrain_transforms
+    from dagman_components.data import generate_phantom_dataset, load_datalist, pretrain_dataset, pretrain_transforms
 
     datalist = generate_phantom_dataset(
         workdir / "phantom", num_volumes=cfg.phantom_volumes, shape=tuple(cfg.phantom_shape), seed=cfg.seed
     )
     items = load_datalist(dataset_dir=str(workdir / "phantom"), datalist=str(datalist))
-    roi = [cfg.roi_size] * 3
-    dataset = CacheDataset(items, pretrain_transforms(roi_size=roi), cache_rate=1.0, num_workers=2, progress=False)
-    loader = DataLoader(
+    dataset = pretrain_dataset(
+        items, pretrain_transforms(roi_size=[cfg.roi_size] * 3), cache=cfg.cache, cache_dir=workdir / "cache", progress=False
+    )
+    return DataLoader(
         dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers,
         persistent_workers=cfg.num_workers > 0,
     )
+
+
+def data_throughput(cfg: BenchmarkConfig, workdir: Path) -> float:
+    """Volumes/s delivered by the pretrain bundle's pipeline on the phantom set (memory cache filled, disk cache written beforehand)."""
+    loader = _data_loader(cfg, workdir)
+    if cfg.cache == "disk":
+        for _ in loader:  # the first pass writes the disk cache, as the first epoch of a run does
+            pass
     delivered, batches = 0, iter(loader)
     next(batches)  # workers start
     start = time.perf_counter()
@@ -318,6 +379,36 @@ def data_throughput(cfg: BenchmarkConfig, workdir: Path) -> float:
     return delivered / (time.perf_counter() - start)
 
 
+def _data_memory_child(cfg_dict: dict, workdir: str, queue: multiprocessing.Queue) -> None:
+    try:
+        cfg = BenchmarkConfig(**cfg_dict)
+        loader = _data_loader(cfg, Path(workdir))
+        for _ in range(2):  # the first epoch writes the disk cache, the second reads it
+            for _ in loader:
+                pass
+        queue.put((_peak_rss_bytes(), None))
+    except BaseException as err:  # report, never hang the parent
+        queue.put((None, f"{type(err).__name__}: {err}"))
+
+
+def data_peak_rss(cfg: BenchmarkConfig) -> int:
+    """Peak RSS (bytes) of a fresh process that builds the pipeline on ``cfg.phantom_volumes`` phantoms and reads two epochs.
+
+    The phantoms are generated in the parent beforehand, so the child holds only the pipeline;
+    with ``cache="disk"`` the figure does not grow with the number of volumes, with ``"memory"`` it does.
+    DataLoader workers (``num_workers > 0``) are separate processes and not counted: measure with 0.
+    """
+    from dagman_components.data import generate_phantom_dataset
+
+    with tempfile.TemporaryDirectory() as workdir:
+        generate_phantom_dataset(
+            Path(workdir) / "phantom", num_volumes=cfg.phantom_volumes, shape=tuple(cfg.phantom_shape), seed=cfg.seed
+        )
+        return _in_fresh_process(
+            _data_memory_child, f"data memory probe with {cfg.phantom_volumes} volumes", asdict(cfg), workdir
+        )
+
+
 # ---- the whole benchmark -------------------------------------------------------------------------
 
 
@@ -328,6 +419,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     logger.info(f"benchmark on {device}: {asdict(cfg)}")
     steps = {variant: _make_step(cfg, variant, device) for variant in VARIANTS}
     times = time_steps(steps, cfg.iterations, cfg.warmup, device)
+    flops = {variant: step_flops(step) for variant, step in steps.items()}
     del steps
     median = {name: statistics.median(values) for name, values in times.items()}
     volumes_per_step = cfg.batch_size  # one volume gives the two views of a sample
@@ -342,15 +434,20 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
                 "median_s_per_iteration": median[name],
                 "min_s_per_iteration": min(times[name]),
                 "volumes_per_s": volumes_per_step / median[name],
+                "flops_per_step": flops[name],
+                "achieved_flops_per_s": flops[name] / median[name],
                 "times_s": times[name],
             }
             for name in VARIANTS
         },
+        "ratio_dagman_to_monai_lower_bound": median["dagman"] / median["monai_lower_bound"],
+        "ratio_lower_bound_to_monai_lower_bound": median["lower_bound"] / median["monai_lower_bound"],
         "ratio_dagman_to_lower_bound": median["dagman"] / median["lower_bound"],
         "ratio_dagman_to_smit": median["dagman"] / median["smit"],
         # the cost of the clean teacher pass that gives the student's mask its SATT
         "ratio_clean_to_noisy_satt": median["dagman"] / median["dagman_noisy_satt"],
         # the fastest round of each: robust to other processes stealing the cores in some rounds
+        "ratio_dagman_to_monai_lower_bound_min": min(times["dagman"]) / min(times["monai_lower_bound"]),
         "ratio_dagman_to_lower_bound_min": min(times["dagman"]) / min(times["lower_bound"]),
         "ratio_dagman_to_smit_min": min(times["dagman"]) / min(times["smit"]),
     }
@@ -358,9 +455,14 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         data_vps = data_throughput(cfg, Path(workdir))
     result["data_volumes_per_s"] = data_vps
     result["data_to_step_throughput"] = data_vps / result["variants"]["dagman"]["volumes_per_s"]
+    # against a step of assumed_step_s (a GPU's): does the loader keep up with a faster step than this machine's?
+    result["data_to_assumed_step_throughput"] = data_vps * cfg.assumed_step_s / volumes_per_step
     if cfg.memory:
         for name in VARIANTS:
             result["variants"][name]["peak_memory_bytes"] = peak_step_memory(cfg, name)
+        peaks = {name: result["variants"][name]["peak_memory_bytes"] for name in VARIANTS}
+        result["ratio_peak_memory_lower_bound_to_monai_lower_bound"] = peaks["lower_bound"] / peaks["monai_lower_bound"]
+        result["ratio_peak_memory_dagman_to_monai_lower_bound"] = peaks["dagman"] / peaks["monai_lower_bound"]
         other = replace(cfg, use_checkpoint=not cfg.use_checkpoint)
         with_ckpt, without = (
             (result["variants"]["dagman"]["peak_memory_bytes"], peak_step_memory(other, "dagman"))
@@ -370,6 +472,10 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         result["dagman_peak_memory_bytes_checkpointing"] = with_ckpt
         result["dagman_peak_memory_bytes_no_checkpointing"] = without
         result["checkpointing_memory_ratio"] = with_ckpt / without
+    if cfg.data_memory_volumes:
+        result["data_peak_rss_bytes"] = {
+            str(n): data_peak_rss(replace(cfg, phantom_volumes=int(n))) for n in cfg.data_memory_volumes
+        }
     return result
 
 
@@ -383,20 +489,26 @@ def _cpu_name() -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """The printed summary: one row per variant, then the ratios."""
-    memory = "peak CUDA memory (MiB)" if result["device"].startswith("cuda") else "peak RSS (MiB)"
+    memory = "peak CUDA MiB" if result["device"].startswith("cuda") else "peak RSS MiB"
     lines = [
         f"device: {result['device']} ({result['device_name']}), torch {result['torch_version']}, "
         f"{result['torch_threads']} threads",
-        f"{'variant':<18} {'median s/it':>12} {'volumes/s':>10} {memory:>24}",
+        f"{'variant':<18} {'median s/it':>12} {'min s/it':>10} {'volumes/s':>10} {'GFLOP/step':>11} {'GFLOP/s':>8} {memory:>14}",
     ]
     for name, row in result["variants"].items():
         peak = row.get("peak_memory_bytes")
         peak_text = f"{peak / 2**20:.0f}" if peak is not None else "-"
-        lines.append(f"{name:<18} {row['median_s_per_iteration']:>12.4f} {row['volumes_per_s']:>10.3f} {peak_text:>24}")
-    lines.append(f"{'data':<18} {'':>12} {result['data_volumes_per_s']:>10.3f}")
-    lines.append(f"{'':<18} {'min s/it':>12}")
-    for name, row in result["variants"].items():
-        lines.append(f"{name:<18} {row['min_s_per_iteration']:>12.4f}")
+        lines.append(
+            f"{name:<18} {row['median_s_per_iteration']:>12.4f} {row['min_s_per_iteration']:>10.4f} "
+            f"{row['volumes_per_s']:>10.3f} {row['flops_per_step'] / 1e9:>11.2f} "
+            f"{row['achieved_flops_per_s'] / 1e9:>8.2f} {peak_text:>14}"
+        )
+    lines.append(f"{'data':<18} {'':>12} {'':>10} {result['data_volumes_per_s']:>10.3f}")
+    lines.append(
+        f"ratio DAGMaN / MONAI lower bound: {result['ratio_dagman_to_monai_lower_bound']:.3f} "
+        f"(fastest rounds: {result['ratio_dagman_to_monai_lower_bound_min']:.3f})"
+    )
+    lines.append(f"lower bound / MONAI lower bound: {result['ratio_lower_bound_to_monai_lower_bound']:.3f}")
     lines.append(
         f"ratio DAGMaN / lower bound: {result['ratio_dagman_to_lower_bound']:.3f} "
         f"(fastest rounds: {result['ratio_dagman_to_lower_bound_min']:.3f})"
@@ -407,8 +519,19 @@ def format_table(result: dict[str, Any]) -> str:
     )
     lines.append(f"clean / noisy SATT:         {result['ratio_clean_to_noisy_satt']:.3f} (cost of the clean teacher pass)")
     lines.append(f"data / step throughput:     {result['data_to_step_throughput']:.2f}")
+    lines.append(
+        f"data / assumed step:        {result['data_to_assumed_step_throughput']:.2f} "
+        f"(a step of {result['config']['assumed_step_s']} s)"
+    )
+    if "ratio_peak_memory_lower_bound_to_monai_lower_bound" in result:
+        lines.append(
+            f"peak memory, lower bound / MONAI lower bound: {result['ratio_peak_memory_lower_bound_to_monai_lower_bound']:.3f}; "
+            f"DAGMaN / MONAI lower bound: {result['ratio_peak_memory_dagman_to_monai_lower_bound']:.3f}"
+        )
     if "checkpointing_memory_ratio" in result:
         lines.append(f"checkpointing memory ratio: {result['checkpointing_memory_ratio']:.3f} (with / without)")
+    for volumes, peak in result.get("data_peak_rss_bytes", {}).items():
+        lines.append(f"data pipeline peak RSS, {volumes} volumes ({result['config']['cache']} cache): {peak / 2**20:.0f} MiB")
     return "\n".join(lines)
 
 
@@ -422,16 +545,24 @@ def main(
     head_hidden_dim: int = 256,
     head_bottleneck_dim: int = 64,
     device: str = "auto",
-    amp: bool = False,
+    amp: bool = BenchmarkConfig.amp,
     amp_dtype: str = "bfloat16",
     use_checkpoint: bool = False,
+    swin_forward: str = "fast",
+    compile_swin: bool = False,
+    channels_last: bool = False,
     fused_optimizer: bool = True,
     iterations: int = 10,
     warmup: int = 2,
     data_batches: int = 20,
     phantom_volumes: int = 8,
-    num_workers: int = 0,
+    phantom_shape: Sequence[int] = (112, 112, 96),
+    num_workers: int = BenchmarkConfig.num_workers,
+    cache: str = "memory",
+    assumed_step_s: float = 0.25,
+    data_memory_volumes: Sequence[int] = (),
     memory: bool = True,
+    threads: int | None = None,
     seed: int = 0,
     output: str | None = None,
 ) -> dict[str, Any]:
@@ -439,16 +570,34 @@ def main(
 
     Every option mirrors a key of ``bundles/pretrain/configs/train.yaml`` (defaults equal), plus
     ``iterations``/``warmup`` (timed rounds / untimed rounds), ``data_batches`` (batches timed for
-    the data pipeline), ``phantom_volumes`` (phantoms it reads), ``memory`` (False skips the per-variant memory probes).
+    the data pipeline), ``phantom_volumes``/``phantom_shape`` (phantoms it reads), ``assumed_step_s``
+    (a step time to test the loader against, e.g. a GPU's), ``data_memory_volumes`` (phantom-set sizes
+    whose pipeline peak RSS is measured, e.g. ``"[20,200]"``), ``memory`` (False skips the per-variant memory
+    probes) and ``threads`` (``torch.set_num_threads``; on a shared machine 1 thread keeps the rounds
+    from waiting on each other's cores).
     """
+    from dagman_components.bundle_utils import as_bool
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
+    # the command line hands lowercase true/false over as strings
+    amp, use_checkpoint, fused_optimizer, memory, compile_swin, channels_last = (
+        as_bool(v, n)
+        for v, n in (
+            (amp, "amp"), (use_checkpoint, "use_checkpoint"), (fused_optimizer, "fused_optimizer"), (memory, "memory"),
+            (compile_swin, "compile_swin"), (channels_last, "channels_last"),
+        )
+    )
+    if threads:
+        torch.set_num_threads(int(threads))
     cfg = BenchmarkConfig(
         roi_size=roi_size, batch_size=batch_size, feature_size=feature_size, depths=tuple(depths),
         num_heads=tuple(num_heads), head_out_dim=head_out_dim, head_hidden_dim=head_hidden_dim,
         head_bottleneck_dim=head_bottleneck_dim, device=device, amp=amp, amp_dtype=amp_dtype,
-        use_checkpoint=use_checkpoint, fused_optimizer=fused_optimizer, iterations=iterations, warmup=warmup, data_batches=data_batches,
-        phantom_volumes=phantom_volumes,
-        num_workers=num_workers, memory=memory, seed=seed,
+        use_checkpoint=use_checkpoint, swin_forward=swin_forward, compile_swin=compile_swin, channels_last=channels_last,
+        fused_optimizer=fused_optimizer,
+        iterations=iterations, warmup=warmup, data_batches=data_batches, phantom_volumes=phantom_volumes,
+        phantom_shape=tuple(phantom_shape), num_workers=num_workers, cache=cache, assumed_step_s=assumed_step_s,
+        data_memory_volumes=tuple(int(n) for n in data_memory_volumes), memory=memory, seed=seed,
     )
     if cfg.roi_size % 32:
         raise ValueError(f"roi_size must be a multiple of 32 (the encoder's input multiple), got {cfg.roi_size}")

@@ -171,7 +171,8 @@ class SwinAttentionStatistics:
 
     On entry, forward hooks go on every Swin block's ``attn.softmax`` (with a pre-hook on the block
     for its grid and shift) and on every SA block; MONAI's SDPA path, which bypasses the softmax
-    module, is switched off and restored on exit. Run the encoder in eval mode under ``torch.no_grad()``
+    module, is switched off and restored on exit, and the hooks make the encoder's fast forward
+    (``swin_forward="fast"``) run MONAI's own forward for every hooked stage. Run the encoder in eval mode under ``torch.no_grad()``
     (gradient-checkpoint recomputation would fire the hooks twice).
 
     Args:

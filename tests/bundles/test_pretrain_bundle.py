@@ -8,6 +8,7 @@ import pytest
 import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from monai.data import CacheDataset, PersistentDataset
 
 from dagman_components.engines import latest_checkpoint
 from dagman_components.networks import SASwinEncoder
@@ -78,6 +79,10 @@ def test_check_properties_and_defaults_are_the_papers(bundle_copy):
     # the choices where train.yaml departs from the papers' heads (docs/README.md, Collapse)
     assert parser["head_input_norm"] == "batch" and parser["centering"] == "center" and parser["koleo_weight"] == 0.0
     assert parser["satt_source"] == "clean" and parser["ampd_tokens"] == "premerge"
+    # speed and scale keys (docs/README.md, Performance): same weights either way
+    encoder = parser.get_parsed_content("network").encoder
+    assert encoder.swin_forward == "fast" and not encoder.compile_stages and not encoder.channels_last
+    assert parser["cache"] == "memory" and isinstance(parser.get_parsed_content("train::dataset"), CacheDataset)
     paper = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "paper.yaml")],
         meta_file=str(bundle / "configs" / "metadata.json"), logging_file=False, workflow_type="train",
@@ -85,6 +90,18 @@ def test_check_properties_and_defaults_are_the_papers(bundle_copy):
     assert paper["roi_size"] == [128, 128, 128] and paper["num_epochs"] == 800 and paper["warmup_epochs"] == 80
     assert paper["feature_size"] == 48 and paper["head_out_dim"] == 8192 and paper["lr"] == 8e-4
     assert paper["teacher_temp"] == 0.07  # the papers' (SMIT) value
+    # 10,412 CTs do not fit in RAM: the disk cache, with workers reading it
+    assert paper["cache"] == "disk" and paper["num_workers"] >= 4
+
+
+def test_disk_cache_run_writes_each_volume_once_and_trains(bundle_copy):
+    bundle = bundle_copy("pretrain")
+    wf = workflow(bundle, cache="disk", swin_forward="monai")
+    assert isinstance(wf.parser.get_parsed_content("train::dataset"), PersistentDataset)
+    assert wf.parser.get_parsed_content("network").encoder.swin_forward == "monai"
+    wf.run()
+    assert len(list((bundle / "cache").glob("*.pt"))) == TINY_PRETRAIN["phantom_volumes"]
+    assert wf.parser.get_parsed_content("train::trainer").state.iteration == 4
 
 
 def test_resume_ends_where_an_uninterrupted_run_ends(bundle_copy):

@@ -31,10 +31,11 @@ def test_exported_weights_load_into_swin_unetr(tmp_path, sa_inline):
         hidden = encoder(x).hidden_states
     assert all(torch.equal(a, b) for a, b in zip(theirs, ours))
     # x0..x2 are SwinUNETR's; inline SA tokens replace x3 and feed stage 4, a side-branch SA changes nothing
+    # (within the float rounding of the fast forward's fused attention kernel)
     same = 5 if not sa_inline else 3
-    assert all(torch.allclose(hidden[i], theirs[i], atol=1e-6) for i in range(same))
+    assert all(torch.allclose(hidden[i], theirs[i], atol=1e-5) for i in range(same))
     if sa_inline:
-        assert not torch.allclose(hidden[3], theirs[3], atol=1e-6)
+        assert not torch.allclose(hidden[3], theirs[3], atol=1e-5)
 
 
 def test_without_prefix_loads_into_swin_vit(tmp_path):

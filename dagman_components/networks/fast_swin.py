@@ -1,0 +1,286 @@
+"""Swin stages that train faster than MONAI's forward, on MONAI's own modules and weights.
+
+MONAI's ``BasicLayer`` / ``SwinTransformerBlock`` / ``WindowAttention`` hold the parameters; only the
+order of the computation changes, so every parameter name (and ``SwinUNETR.load_state_dict``) stays
+MONAI's. Three things make MONAI's forward slow on a CPU (profile of the pretraining step):
+
+1. **Window attention.** Each (window, head) is a tiny matrix product (64 tokens, head dim 3-24),
+   so ``q @ k^T``, the bias add, the softmax and ``attn @ v`` stream the (windows, heads, n, n)
+   attention matrices through memory several times (134 MB per block at stage 1 of the default
+   step). :func:`window_attention` runs them
+   - without autograd: PyTorch's ``scaled_dot_product_attention`` (its fused CPU kernel never
+     writes the matrices), with the relative position bias and the shift mask as the additive mask;
+   - with autograd on CUDA: the same SDPA call (its kernels differentiate the additive mask);
+   - with autograd on CPU: MONAI's explicit formula over chunks of windows small enough that the
+     attention matrices of a chunk stay in the L2 cache (PyTorch's fused CPU kernel cannot give the
+     gradient of the relative position bias, and falls back to the unfused formula).
+2. **Denormal attention weights.** MONAI's shift mask adds -100, which leaves weights of e^-100
+   (denormal floats) that slow every product with the attention matrix about 30x; :func:`shift_mask`
+   uses -inf (weights exactly 0).
+3. **Window partition / reverse copies.** MONAI rolls, partitions, reverses and rolls back the
+   whole feature map in every block. :func:`swin_stage` instead keeps the residual stream of a
+   stage in *window order* (the tokens of each window contiguous): norms, MLP, residuals and drop
+   path are per token, so an unshifted block needs no copy and a shifted block one gather from
+   one window order to the other; the patch merging at the end of the stage is folded into one
+   last gather. The shift mask and the orders are built once per grid, not per forward.
+
+The arithmetic per token and per window is MONAI's (same formula, same order of additions); the
+fused kernel differs from it by float rounding only (tests: outputs and input gradients within 1e-5).
+Hooks on a block or its ``attn.softmax`` (the attention analyses) make :func:`swin_stage` run MONAI's
+own forward for that stage, so they fire as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import (
+    BasicLayer,
+    PatchMerging,
+    SwinTransformerBlock,
+    WindowAttention,
+    compute_mask,
+    get_window_size,
+    window_partition,
+)
+from torch.utils import checkpoint
+
+__all__ = [
+    "ATTENTION_CHUNK_BYTES",
+    "relative_position_bias",
+    "shift_mask",
+    "swin_stage",
+    "uses_monai_forward",
+    "window_attention",
+    "window_order",
+]
+
+#: bytes of fp32 attention matrices computed at once by the CPU training path: a chunk of windows
+#: whose (chunk, heads, n, n) scores fit the L2 cache (2 MB per core on the machines we measured)
+ATTENTION_CHUNK_BYTES = 4 * 2**20
+
+
+def relative_position_bias(attn: WindowAttention, n: int) -> torch.Tensor:
+    """(heads, n, n) relative position bias of ``attn`` for windows of ``n`` tokens, as MONAI's forward builds it."""
+    index = attn.relative_position_index[:n, :n].reshape(-1)  # type: ignore[index]
+    # contiguous: a permuted bias would hand its strides on to every mask built from it
+    return attn.relative_position_bias_table[index].reshape(n, n, -1).permute(2, 0, 1).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def shift_mask(
+    grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """(num_windows, n, n) additive shift mask, MONAI's ``compute_mask`` with -inf where MONAI adds -100, cached per grid.
+
+    MONAI's -100 leaves weights of about e^-100 = 4e-44 between tokens that are not neighbours: a
+    denormal float, and every product with an attention matrix holding denormals runs about 30x slower
+    on x86 (measured: 15 ms instead of 0.5 ms per (216, 64, 64) x (216, 64, 24) product). With -inf
+    those weights are exactly 0; nothing else changes.
+    """
+    mask = compute_mask(list(grid), window, shift, device)
+    return mask.masked_fill(mask < 0, float("-inf"))
+
+
+@functools.lru_cache(maxsize=64)
+def window_order(
+    grid: tuple[int, ...], window: tuple[int, ...], shift: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """(L,) row-major grid index of each token in the window order of a (shifted) block.
+
+    Position ``w * n + i`` holds the ``i``-th token of window ``w`` after MONAI's roll by ``-shift``
+    and ``window_partition``: built with MONAI's own functions, so the order is theirs by construction.
+    """
+    index = torch.arange(math.prod(grid), device=device, dtype=torch.float64).reshape(1, *grid, 1)
+    if any(s > 0 for s in shift):
+        index = torch.roll(index, shifts=tuple(-s for s in shift), dims=tuple(range(1, len(grid) + 1)))
+    return window_partition(index, window).reshape(-1).long()
+
+
+@functools.lru_cache(maxsize=64)
+def _reorder(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Index ``p`` with ``x_target = x_source[:, p]`` for two orders of the same grid (tensors hash by identity)."""
+    inverse = torch.empty_like(source)
+    inverse[source] = torch.arange(source.numel(), device=source.device)
+    return inverse[target]
+
+
+#: MONAI's ``PatchMerging`` (v0.9 order) concatenates the 2x2x2 neighbours at these (d, h, w) offsets,
+#: numbered d*4 + h*2 + w: (0,0,0), (1,0,0), (0,1,0), (0,0,1), (1,1,0), (1,0,1), (0,1,1), (1,1,1)
+_PATCH_MERGING_OFFSETS = (0, 4, 2, 1, 6, 5, 3, 7)
+
+
+@functools.lru_cache(maxsize=64)
+def _merge_order(grid: tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """(L,) row-major grid index of each token in ``PatchMerging``'s output layout: merged tokens row-major, 8 neighbours each."""
+    d, h, w = grid
+    index = torch.arange(d * h * w, device=device).reshape(d // 2, 2, h // 2, 2, w // 2, 2)
+    neighbours = index.permute(0, 2, 4, 1, 3, 5).reshape(-1, 8)
+    return neighbours[:, list(_PATCH_MERGING_OFFSETS)].reshape(-1)
+
+
+def _mergeable(merge: nn.Module | None, grid: tuple[int, ...]) -> bool:
+    """True when ``merge`` is MONAI's 3D ``PatchMerging`` on an even grid with no hooks (hooks want its own forward)."""
+    return (
+        type(merge) is PatchMerging
+        and len(grid) == 3
+        and all(g % 2 == 0 for g in grid)
+        and not (merge._forward_hooks or merge._forward_pre_hooks)
+    )
+
+
+def uses_monai_forward(layer: BasicLayer) -> bool:
+    """True when :func:`swin_stage` must run MONAI's forward: Hyena blocks, or hooks on a block or inside it."""
+    if getattr(layer, "use_hyena", False):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for block in layer.blocks for m in block.modules())
+
+
+def _chunk_windows(num_windows: int, heads: int, n: int, mask_windows: int | None) -> int:
+    """Windows per chunk: attention matrices of about :data:`ATTENTION_CHUNK_BYTES`, aligned to the shift mask's period."""
+    per_window = heads * n * n * 4
+    target = max(1, ATTENTION_CHUNK_BYTES // per_window)
+    if mask_windows is None:
+        return min(target, num_windows)
+    if target >= mask_windows:
+        return mask_windows * (target // mask_windows)
+    return max(d for d in range(1, target + 1) if mask_windows % d == 0)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(windows, heads, n, hd) -> (windows, n, heads * hd), MONAI's ``transpose(1, 2).reshape``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
+
+
+def _sdpa(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Fused attention -> (B*nW, n, C); ``bias`` (heads, n, n), ``mask`` (nW, n, n) or None; q, k, v (B*nW, heads, n, hd)."""
+    dropout = attn.attn_drop.p if attn.training else 0.0
+    if mask is None:
+        return _merge_heads(
+            F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype), dropout_p=dropout, scale=attn.scale)
+        )
+    # one additive mask per window of a sample, (nW, heads, n, n); samples run one call each, so the
+    # mask never needs to be repeated over the batch (MONAI's path expands it to every window of every sample)
+    combined = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
+    num_windows = mask.shape[0]
+    outputs = [
+        _merge_heads(
+            F.scaled_dot_product_attention(qs, ks, vs, attn_mask=combined, dropout_p=dropout, scale=attn.scale)
+        )
+        for qs, ks, vs in zip(q.split(num_windows), k.split(num_windows), v.split(num_windows))
+    ]
+    return torch.cat(outputs)
+
+
+def _explicit(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """MONAI's explicit attention formula over chunks of windows (see :data:`ATTENTION_CHUNK_BYTES`) -> (B*nW, n, C)."""
+    batch_windows, heads, n, _ = q.shape
+    num_mask = None if mask is None else mask.shape[0]
+    chunk = _chunk_windows(batch_windows, heads, n, num_mask)
+    if mask is not None and chunk > num_mask:
+        mask = mask.repeat(chunk // num_mask, 1, 1)
+    outputs = []
+    # split, not slicing: the backward of a split is one concatenation, that of each slice a full-size zero tensor
+    for index, (qc, kc, vc) in enumerate(zip(q.split(chunk), k.split(chunk), v.split(chunk))):
+        scores = (qc * attn.scale) @ kc.transpose(-2, -1) + bias
+        if mask is not None:
+            offset = (index * chunk) % num_mask if chunk < num_mask else 0
+            # the mask needs no gradient: in place, the scores are this chunk's own temporary
+            scores = scores.add_(mask[offset : offset + qc.shape[0]].unsqueeze(1))
+        weights = attn.attn_drop(scores.softmax(dim=-1)).to(vc.dtype)
+        # heads merged per chunk, while it is in cache: the concatenation is then the only full-size copy
+        outputs.append(_merge_heads(weights @ vc))
+    return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
+
+
+def window_attention(
+    attn: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None = None, fused: bool | None = None
+) -> torch.Tensor:
+    """``attn``'s forward on windows ``x`` (B*nW, n, C) with shift mask ``mask`` (nW, n, n) or None -> (B*nW, n, C).
+
+    Args:
+        attn: MONAI's module, whose parameters are used.
+        x: the windows' tokens, windows of one sample consecutive (``window_partition``'s order).
+        mask: MONAI's shift mask of one sample's windows, or None for an unshifted block.
+        fused: True: ``scaled_dot_product_attention``; False: MONAI's explicit formula in L2-sized chunks
+            of windows; None (default): fused when no gradient is needed or off the CPU (module docstring).
+
+    The softmax runs in float32 under bf16 autocast: the float32 bias promotes the scores, as in MONAI.
+    """
+    batch_windows, n, c = x.shape
+    heads = attn.num_heads
+    qkv = attn.qkv(x).reshape(batch_windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    bias = relative_position_bias(attn, n)
+    if fused is None:
+        fused = x.device.type != "cpu" or not torch.is_grad_enabled()
+    out = (_sdpa if fused else _explicit)(attn, q, k, v, bias, mask)
+    return attn.proj_drop(attn.proj(out))
+
+
+def _block(block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Tensor | None) -> torch.Tensor:
+    """One Swin block on the residual stream ``x`` (B, L, C) in the block's window order."""
+
+    def attention_part(tokens: torch.Tensor) -> torch.Tensor:
+        normed = block.norm1(tokens)
+        return window_attention(block.attn, normed.view(-1, n, normed.shape[-1]), mask).view_as(tokens)
+
+    def mlp_part(tokens: torch.Tensor) -> torch.Tensor:
+        return block.drop_path(block.mlp(block.norm2(tokens)))
+
+    if block.use_checkpoint and torch.is_grad_enabled():
+        x = x + block.drop_path(checkpoint.checkpoint(attention_part, x, use_reentrant=False))
+        return x + checkpoint.checkpoint(mlp_part, x, use_reentrant=False)
+    x = x + block.drop_path(attention_part(x))
+    return x + mlp_part(x)
+
+
+def _block_geometry(
+    block: SwinTransformerBlock, grid: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    window, shift = get_window_size(grid, block.window_size, block.shift_size)
+    return tuple(window), tuple(shift)
+
+
+def swin_stage(layer: BasicLayer, x: torch.Tensor) -> torch.Tensor:
+    """MONAI ``BasicLayer`` forward on channels-last ``x`` (B, D, H, W, C) -> channels-last (B, D', H', W', C').
+
+    Same result as ``layer(x.permute(0, 4, 1, 2, 3))`` (then permuted back), with the stage's residual
+    stream in window order (module docstring). Grids that MONAI pads (not a multiple of the window)
+    and hooked stages (:func:`uses_monai_forward`) run MONAI's own forward. MONAI's ``PatchMerging``
+    becomes one gather into its concatenation order followed by its own ``norm`` and ``reduction``;
+    any other (or hooked) ``downsample`` module is called on the (B, D, H, W, C) map as MONAI does.
+    """
+    b, *spatial, c = x.shape
+    grid = tuple(int(s) for s in spatial)
+    geometry = [_block_geometry(block, grid) for block in layer.blocks]
+    padded = any(g % w for window, _ in geometry for g, w in zip(grid, window))
+    if padded or uses_monai_forward(layer):
+        return layer(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    # a window covering the whole grid is the row-major order itself
+    spatial = (grid, grid, (0,) * len(grid))
+    current = spatial
+    # the residual stream keeps the parameters' dtype: float32 under autocast, where only the
+    # matrix products run in bf16 (MONAI's forward carries the patch embedding's bf16 through the stage)
+    tokens = x.reshape(b, -1, c).to(layer.blocks[0].norm1.weight.dtype)
+    for block, (window, shift) in zip(layer.blocks, geometry):
+        if (grid, window, shift) != current:
+            tokens = tokens[:, _reorder(window_order(*current, x.device), window_order(grid, window, shift, x.device))]
+            current = (grid, window, shift)
+        mask = shift_mask(grid, window, shift, x.device) if any(s > 0 for s in shift) else None
+        tokens = _block(block, tokens, math.prod(window), mask)
+    merge = layer.downsample
+    if _mergeable(merge, grid):
+        # one gather from window order straight into the merged layout, instead of MONAI's reverse
+        # copies and its eight strided slices (whose backward writes eight zero-filled full-size maps)
+        merged = tokens[:, _reorder(window_order(*current, x.device), _merge_order(grid, x.device))]
+        merged = merged.view(b, *(g // 2 for g in grid), 8 * c)
+        return merge.reduction(merge.norm(merged))
+    if current != spatial:
+        tokens = tokens[:, _reorder(window_order(*current, x.device), window_order(*spatial, x.device))]
+    out = tokens.view(b, *grid, c)
+    return merge(out) if merge is not None else out
