@@ -292,16 +292,21 @@ class SASwinEncoder(nn.Module):
             grid_size=grid,
         )
 
+    def _use_monai_forward(self) -> bool:
+        # a trace records the fast forward's reshapes with the traced batch size baked in; MONAI's stays
+        # valid for other batch sizes, so exports (ckpt_export --use_trace) trace MONAI's forward
+        return self.swin_forward == "monai" or torch.jit.is_tracing() or torch.jit.is_scripting()
+
     def _run_stage(self, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """One MONAI ``BasicLayer`` on (B, C, D, H, W); the fast forward returns a channels-last view of the same shape."""
-        if self.swin_forward == "monai":
+        if self._use_monai_forward():
             return layer(x.contiguous())
         stage = _compiled_swin_stage() if self.compile_stages else swin_stage
         return stage(layer, x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         """MONAI's ``proj_out(x, normalize=True)``: layer norm over channels (no affine) of (B, C, D, H, W)."""
-        if self.swin_forward == "monai":
+        if self._use_monai_forward():
             return self.swinViT.proj_out(x, normalize=True)
         # on a channels-last map both permutes are views: no copy (MONAI rearranges twice)
         channels_last = x.permute(0, 2, 3, 4, 1)
