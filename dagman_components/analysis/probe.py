@@ -82,6 +82,7 @@ from dagman_components.networks.sa_swin import SASwinEncoder, load_encoder_state
 __all__ = [
     "PROBE_FEATURES",
     "DEFAULT_ENCODER_KWARGS",
+    "DEFAULT_PREPROCESSING",
     "TUMOUR_SOURCES",
     "ProbeBlocks",
     "ProbeData",
@@ -137,6 +138,9 @@ TUMOUR_SOURCES: dict[str, tuple[str, tuple[str, str]]] = {
 
 #: organ CT + label map layout under the data folder: (image glob, (image-name part, label-name part)).
 ORGAN_SOURCE: tuple[str, tuple[str, str]] = ("organs/*_ct.nii.gz", ("_ct", "_seg"))
+
+#: train.yaml's preprocessing, used where no pretrain config says otherwise (:py:func:`preprocessing_from_config`)
+DEFAULT_PREPROCESSING: dict[str, tuple[float, ...]] = {"spacing": (2.0, 2.0, 2.0), "hu_range": (-1000.0, 1000.0)}
 
 #: the intensity baseline's statistics of the windowed [0, 1] intensities of each block.
 INTENSITY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p90")
@@ -1060,7 +1064,7 @@ def preprocessing_from_config(config_file: str | os.PathLike | Sequence[str | os
     files = [str(config_file)] if isinstance(config_file, (str, os.PathLike)) else [str(f) for f in config_file]
     parser = ConfigParser()
     parser.read_config(files)
-    result = {"spacing": [2.0, 2.0, 2.0], "hu_range": [-1000.0, 1000.0]}
+    result = {k: list(v) for k, v in DEFAULT_PREPROCESSING.items()}
     for key in result:
         if key in parser:
             value = parser.get_parsed_content(key)
@@ -1239,9 +1243,9 @@ def run_probe(
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     encoder, kwargs = build_encoder(encoder_path, encoder_kwargs, config_file)
     encoder = encoder.to(device)
-    preprocessing = preprocessing_from_config(config_file) if config_file is not None else {}
-    spacing = spacing if spacing is not None else preprocessing.get("spacing", (2.0, 2.0, 2.0))
-    hu_range = hu_range if hu_range is not None else preprocessing.get("hu_range", (-1000.0, 1000.0))
+    preprocessing = preprocessing_from_config(config_file) if config_file is not None else DEFAULT_PREPROCESSING
+    spacing = spacing if spacing is not None else preprocessing["spacing"]
+    hu_range = hu_range if hu_range is not None else preprocessing["hu_range"]
     data = prepare_probe_data(
         data_dir, tumour_sources=tumour_sources, organs=organs, max_cases=max_cases, spacing=spacing,
         hu_range=hu_range, tile_size=tile_size, block_size=encoder.token_stride, body_hu=body_hu,

@@ -96,6 +96,7 @@ def evaluate_study(
     kNN), the random-init rows of its architecture, the intensity baseline and the collapse monitors.
     """
     from dagman_components.analysis.probe import (
+        DEFAULT_PREPROCESSING,
         build_encoder,
         evaluate_encoder,
         prepare_probe_data,
@@ -109,7 +110,8 @@ def evaluate_study(
     for name, run in runs.items():
         kwargs = dict(run.get("encoder", {}))
         config_file = run.get("config_file")
-        preprocessing = preprocessing_from_config(config_file) if config_file is not None else {}
+        preprocessing = (preprocessing_from_config(config_file) if config_file is not None
+                         else {k: list(v) for k, v in DEFAULT_PREPROCESSING.items()})
         data = prepare_probe_data(data_dir, **preprocessing)  # cached per preprocessing within the process
         curve = []
         for epoch, path in snapshots(run["dir"]):
@@ -133,7 +135,7 @@ def evaluate_study(
         result["runs"][name] = {
             "dir": str(run["dir"]),
             "config_file": config_file,
-            "preprocessing": preprocessing or {"spacing": [2.0, 2.0, 2.0], "hu_range": [-1000.0, 1000.0]},
+            "preprocessing": preprocessing,
             "encoder": resolved,
             "curve": curve,
             "random_init": random_init,
