@@ -45,6 +45,25 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
 
 
+def select_encoder(student: nn.Module, teacher: nn.Module, which: str) -> nn.Module:
+    """The ``.encoder`` of the student or of the EMA teacher (``which``: "student" | "teacher"), for ``model.pt``.
+
+    DINO and iBOT evaluate the teacher: an average of the student's recent weights, which in a short run also
+    stays closer to the init's features (docs/results/study.md).
+    """
+    choice = str(which).strip().lower()
+    if choice not in ("student", "teacher"):
+        raise ValueError(f"model_encoder must be 'student' or 'teacher', got {which!r}")
+    return unwrap(student if choice == "student" else teacher).encoder
+
+
+def other_encoder(student: nn.Module, teacher: nn.Module, which: str) -> dict[str, nn.Module]:
+    """``{name: encoder}`` of the side ``select_encoder(student, teacher, which)`` does not pick."""
+    select_encoder(student, teacher, which)  # validates ``which``
+    other = "teacher" if str(which).strip().lower() == "student" else "student"
+    return {other: select_encoder(student, teacher, other)}
+
+
 def ema_momentum(iteration: int, total_iterations: int, base: float = 0.996, final: float = 1.0) -> float:
     """Cosine EMA momentum ``final - (final - base) (cos(pi it / T) + 1) / 2`` at 0-based GLOBAL ``iteration`` (DINO).
 
@@ -310,6 +329,9 @@ class PretrainCheckpoint:
         model_filename: name of the encoder file ("model.pt").
         encoder_snapshot_interval: also keep the encoder of every this many epochs as
             ``model_epoch<E>.pt`` (0 = off), for learning curves of a frozen-feature probe after the run.
+        snapshot_encoders: further encoders (name -> module, e.g. ``{"teacher": ...}``) whose snapshots are
+            kept next to ``model_epoch<E>.pt`` as ``<name>_epoch<E>.pt``, so both sides of the
+            distillation can be probed after the run.
     """
 
     def __init__(
@@ -322,6 +344,7 @@ class PretrainCheckpoint:
         resume: bool = False,
         model_filename: str = "model.pt",
         encoder_snapshot_interval: int = 0,
+        snapshot_encoders: Mapping[str, nn.Module] | None = None,
     ) -> None:
         self.save_dir = Path(save_dir)
         self.objects = dict(objects)
@@ -331,6 +354,7 @@ class PretrainCheckpoint:
         self.model_path = self.save_dir / model_filename
         self.n_saved = n_saved
         self.encoder_snapshot_interval = max(0, int(encoder_snapshot_interval))
+        self.snapshot_encoders = dict(snapshot_encoders or {})
         self.checkpoint: Checkpoint | None = None
 
     def attach(self, engine: Engine) -> None:
@@ -355,10 +379,13 @@ class PretrainCheckpoint:
 
     def _snapshot_initial(self, engine: Engine) -> None:
         if engine.state.epoch == 0:  # a fresh run: the random init is the curve's first point
-            self._save_encoder(engine, self.save_dir / "model_epoch0.pt")
+            self._snapshot(engine)
 
     def _snapshot(self, engine: Engine) -> None:
-        self._save_encoder(engine, self.save_dir / f"model_epoch{engine.state.epoch}.pt")
+        epoch = engine.state.epoch
+        self._save_encoder(engine, self.save_dir / f"model_epoch{epoch}.pt")
+        for name, encoder in self.snapshot_encoders.items():
+            self._save_encoder(engine, self.save_dir / f"{name}_epoch{epoch}.pt", encoder)
 
     def load(self, engine: Engine) -> None:
         candidates = checkpoints_newest_first(self.save_dir)
@@ -422,12 +449,13 @@ class PretrainCheckpoint:
             self.checkpoint(engine)
         self._save_encoder(engine)
 
-    def _save_encoder(self, engine: Engine, path: Path | None = None) -> None:
+    def _save_encoder(self, engine: Engine, path: Path | None = None, encoder: nn.Module | None = None) -> None:
         if engine.state.rank != 0:
             return
         path = self.model_path if path is None else path
+        encoder = self.encoder if encoder is None else encoder
         self.save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in unwrap(self.encoder).state_dict().items()}
+        state = {k: v.detach().cpu() for k, v in unwrap(encoder).state_dict().items()}
         tmp = path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)

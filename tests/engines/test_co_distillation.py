@@ -9,7 +9,9 @@ from dagman_components.engines import (
     CoDistillationTrainer,
     PretrainCheckpoint,
     ema_momentum,
+    other_encoder,
     parameter_groups,
+    select_encoder,
 )
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import attention_guided_mask
@@ -233,6 +235,28 @@ def test_checkpoint_interval_and_final_save(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("checkpoint_*.pt")) == ["checkpoint_2.pt", "checkpoint_3.pt"]
     state = torch.load(tmp_path / "checkpoint_3.pt", weights_only=False)
     assert state["trainer"]["iteration"] == 3 and set(state) >= {"student", "trainer", "checkpointer"}
+
+
+def test_model_pt_is_the_chosen_side_and_snapshots_keep_both(tmp_path):
+    trainer = make_trainer(n_batches=1, max_epochs=2)
+    student, teacher = trainer.network, trainer.teacher
+    checkpoint = PretrainCheckpoint(tmp_path, {"student": student}, select_encoder(student, teacher, "teacher"),
+                                    encoder_snapshot_interval=2, snapshot_encoders=other_encoder(student, teacher, "teacher"))
+    checkpoint.attach(trainer)
+    trainer.run()
+    assert {p.name for p in tmp_path.glob("*_epoch*.pt")} == {"model_epoch0.pt", "model_epoch2.pt",
+                                                              "student_epoch0.pt", "student_epoch2.pt"}
+    model = torch.load(tmp_path / "model.pt")
+    # model.pt is the EMA teacher's encoder, which differs from the trained student's
+    assert all(torch.equal(model[k], v) for k, v in teacher.encoder.state_dict().items())
+    assert torch.equal(torch.load(tmp_path / "student_epoch2.pt")["swinViT.patch_embed.proj.weight"],
+                       student.encoder.swinViT.patch_embed.proj.weight)
+    assert not torch.equal(model["swinViT.patch_embed.proj.weight"], student.encoder.swinViT.patch_embed.proj.weight)
+    # at epoch 0 both sides are the same init
+    init_model, init_student = torch.load(tmp_path / "model_epoch0.pt"), torch.load(tmp_path / "student_epoch0.pt")
+    assert all(torch.equal(init_model[k], init_student[k]) for k in init_model)
+    with pytest.raises(ValueError, match="model_encoder"):
+        select_encoder(student, teacher, "ema")
 
 
 def _blob_batches(n_batches, batch=2, seed=0):
