@@ -24,8 +24,8 @@ def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=Tru
                  use_checkpoint=False, **kwargs):
     torch.manual_seed(0)
     encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1, use_checkpoint=use_checkpoint)
-    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, aitd_head=use_sa)
     loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=2)
+    model = DAGMaNPretrainModel(encoder, loss, hidden_dim=32, bottleneck_dim=16)
     data = [{"view_1": torch.rand(2, 1, ROI, ROI, ROI), "view_2": torch.rand(2, 1, ROI, ROI, ROI)} for _ in range(n_batches)]
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
     return CoDistillationTrainer(
@@ -281,11 +281,9 @@ def _variant_trainer(head_input_norm="batch", use_sa=True, weights=None, ampd_to
     torch.manual_seed(0)
     encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), use_semantic_attention=use_sa,
                             drop_path_rate=0.1)
-    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, ampd_tokens=ampd_tokens,
-                                head_input_norm=head_input_norm, ampd_head=weights["ampd_weight"] > 0,
-                                aitd_head=weights["aitd_weight"] > 0, gitd_head=weights["gitd_weight"] > 0,
-                                amip_head=weights.get("amip_weight", 1.0) > 0)
     loss = DAGMaNLoss(out_dim=64, warmup_teacher_temp_epochs=1, teacher_temp=0.04, **weights)
+    model = DAGMaNPretrainModel(encoder, loss, hidden_dim=32, bottleneck_dim=16, ampd_tokens=ampd_tokens,
+                                head_input_norm=head_input_norm)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
     return CoDistillationTrainer("cpu", max_epochs, _blob_batches(n_batches, batch), model, optimizer, loss,
                                  masking="attention_high" if use_sa else "random", freeze_last_layer_epochs=0, **kwargs)
@@ -337,7 +335,7 @@ def test_a_short_run_gives_each_sample_its_own_distillation_target():
 
 def test_parameter_groups_scale_the_encoder_lr_and_keep_two_groups_by_default():
     encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
-    model = DAGMaNPretrainModel(encoder, out_dim=16, hidden_dim=8, bottleneck_dim=8)
+    model = DAGMaNPretrainModel(encoder, DAGMaNLoss(out_dim=16), hidden_dim=8, bottleneck_dim=8)
     names = {id(p): n for n, p in model.named_parameters()}
     default = parameter_groups(model, 0.05)
     assert [g["weight_decay"] for g in default] == [0.05, 0.0] and all("lr" not in g for g in default)

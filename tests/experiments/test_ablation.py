@@ -7,7 +7,6 @@ import time
 import pytest
 import torch
 
-from dagman_components.networks import read_encoder_file
 from dagman_components.experiments import ablation as abl
 from dagman_components.experiments.ablation import (
     GROUPS,
@@ -20,6 +19,7 @@ from dagman_components.experiments.ablation import (
     write_report,
     write_result,
 )
+from dagman_components.networks import read_encoder_file
 
 # every size knob at its smallest: 2 phantoms, 32^3 crops, one epoch, tiny heads and evaluation sets
 TINY = AblationBudget(
