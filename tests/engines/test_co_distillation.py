@@ -15,7 +15,7 @@ from dagman_components.engines import (
 )
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import attention_guided_mask
-from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
+from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder, read_encoder_file
 
 ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 tokens
 
@@ -163,7 +163,7 @@ def test_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
         trainer.run()
     assert "amip=nan" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "model.pt"]
-    saved = torch.load(tmp_path / "model.pt")
+    _, saved = read_encoder_file(tmp_path / "model.pt")
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
 
 
@@ -246,14 +246,19 @@ def test_model_pt_is_the_chosen_side_and_snapshots_keep_both(tmp_path):
     trainer.run()
     assert {p.name for p in tmp_path.glob("*_epoch*.pt")} == {"model_epoch0.pt", "model_epoch2.pt",
                                                               "student_epoch0.pt", "student_epoch2.pt"}
-    model = torch.load(tmp_path / "model.pt")
+    def load(name):
+        return read_encoder_file(tmp_path / name)[1]
+
+    model = load("model.pt")
+    # the files describe themselves: weights, the encoder's architecture and the package version
+    assert torch.load(tmp_path / "model.pt")["encoder_args"] == teacher.encoder.encoder_args
     # model.pt is the EMA teacher's encoder, which differs from the trained student's
     assert all(torch.equal(model[k], v) for k, v in teacher.encoder.state_dict().items())
-    assert torch.equal(torch.load(tmp_path / "student_epoch2.pt")["swinViT.patch_embed.proj.weight"],
+    assert torch.equal(load("student_epoch2.pt")["swinViT.patch_embed.proj.weight"],
                        student.encoder.swinViT.patch_embed.proj.weight)
     assert not torch.equal(model["swinViT.patch_embed.proj.weight"], student.encoder.swinViT.patch_embed.proj.weight)
     # at epoch 0 both sides are the same init
-    init_model, init_student = torch.load(tmp_path / "model_epoch0.pt"), torch.load(tmp_path / "student_epoch0.pt")
+    init_model, init_student = load("model_epoch0.pt"), load("student_epoch0.pt")
     assert all(torch.equal(init_model[k], init_student[k]) for k in init_model)
     with pytest.raises(ValueError, match="model_encoder"):
         select_encoder(student, teacher, "ema")

@@ -2,15 +2,13 @@ import pytest
 import torch
 from monai.networks.nets import SwinUNETR
 
-from dagman_components.networks import (
+from dagman_components.networks import SASwinEncoder, load_encoder_state_dict, swin_unetr_state_dict
+from dagman_components.networks.sa_swin import (
     BUNDLE_ENCODER_ARGS,
-    SASwinEncoder,
     encoder_source,
-    load_encoder_state_dict,
     make_encoder,
     read_encoder_file,
     save_encoder,
-    swin_unetr_state_dict,
 )
 
 
