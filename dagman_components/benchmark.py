@@ -105,8 +105,12 @@ class BenchmarkConfig:
 # ---- the three steps -----------------------------------------------------------------------------
 
 
-def _build_student(cfg: BenchmarkConfig, semantic_attention: bool) -> torch.nn.Module:
+def _build_student(cfg: BenchmarkConfig, semantic_attention: bool) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The student and its loss; the loss's weights pick the heads (no AITD without SA)."""
+    from dagman_components.losses import DAGMaNLoss
     from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
+
+    loss = DAGMaNLoss(out_dim=cfg.head_out_dim, aitd_weight=0.1 if semantic_attention else 0.0, warmup_teacher_temp_epochs=4)
 
     encoder = SASwinEncoder(
         feature_size=cfg.feature_size,
@@ -119,14 +123,14 @@ def _build_student(cfg: BenchmarkConfig, semantic_attention: bool) -> torch.nn.M
         compile_stages=cfg.compile_swin,
         channels_last=cfg.channels_last,
     )
-    return DAGMaNPretrainModel(
+    student = DAGMaNPretrainModel(
         encoder,
-        cfg.head_out_dim,
+        loss,
         cfg.head_hidden_dim,
         cfg.head_bottleneck_dim,
-        aitd_head=semantic_attention,
         head_input_norm="batch",  # the pretrain bundle's default
     )
+    return student, loss
 
 
 def _views(cfg: BenchmarkConfig, device: torch.device) -> dict[str, torch.Tensor]:
@@ -147,7 +151,8 @@ def lower_bound_step(cfg: BenchmarkConfig, device: torch.device) -> Callable[[],
     """
     from dagman_components.engines import make_teacher
 
-    student = _build_student(cfg, semantic_attention=True).to(device).train()
+    student, _ = _build_student(cfg, semantic_attention=True)
+    student = student.to(device).train()
     teacher = make_teacher(student)
     views = _views(cfg, device)
     images = torch.cat([views["view_1"], views["view_2"]])
@@ -183,11 +188,10 @@ def trainer_step(cfg: BenchmarkConfig, device: torch.device, method: str) -> Cal
     from monai.optimizers import WarmupCosineSchedule
 
     from dagman_components.engines import CoDistillationTrainer, parameter_groups
-    from dagman_components.losses import DAGMaNLoss
 
     dagman = method.startswith("dagman")
-    student = _build_student(cfg, semantic_attention=dagman).to(device)
-    loss = DAGMaNLoss(out_dim=cfg.head_out_dim, aitd_weight=0.1 if dagman else 0.0, warmup_teacher_temp_epochs=4)
+    student, loss = _build_student(cfg, semantic_attention=dagman)
+    student = student.to(device)
     optimizer = torch.optim.AdamW(parameter_groups(student, 0.05), lr=8e-4, fused=cfg.fused_optimizer)
     total = 1000
     scheduler = WarmupCosineSchedule(optimizer, warmup_steps=10, t_total=total)

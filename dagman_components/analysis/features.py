@@ -11,8 +11,9 @@ vector per image, so it runs in MONAI's ``SupervisedEvaluator`` (eval mode, no g
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from monai.engines import SupervisedEvaluator
 from monai.inferers import SimpleInferer
 from monai.utils import CommonKeys
 
-from dagman_components.networks import SASwinEncoder
+from dagman_components.networks import SASwinEncoder, make_encoder
 
 __all__ = ["FEATURE_TYPES", "EncoderFeatures", "FeatureCollector", "extract_features", "feature_evaluator"]
 
@@ -37,17 +38,26 @@ class EncoderFeatures(nn.Module):
     """An encoder whose output is one feature vector per image: ``forward(x) -> (B, C)``.
 
     Args:
-        encoder: a :py:class:`~dagman_components.networks.SASwinEncoder`.
+        encoder: a :py:class:`~dagman_components.networks.SASwinEncoder`, a path to an encoder file (weights and
+            architecture), or a mapping of ``SASwinEncoder`` arguments (random initialisation); see
+            :py:func:`~dagman_components.networks.make_encoder`.
         feature: one of :py:data:`FEATURE_TYPES`. Default "cls" (papers' choice for DAGMaN/SMART).
+        encoder_args: the architecture of a bare state dict at ``encoder`` (older files).
 
     Raises:
         ValueError: an unknown ``feature``, or ``"cls"`` with an encoder without semantic attention.
     """
 
-    def __init__(self, encoder: SASwinEncoder, feature: str = "cls") -> None:
+    def __init__(
+        self,
+        encoder: SASwinEncoder | str | Path | Mapping[str, Any],
+        feature: str = "cls",
+        encoder_args: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         if feature not in FEATURE_TYPES:
             raise ValueError(f"feature must be one of {FEATURE_TYPES}, got '{feature}'.")
+        encoder = make_encoder(encoder, encoder_args)
         if feature == "cls" and getattr(encoder, "semantic_attention", None) is None:
             raise ValueError("feature 'cls' needs an encoder with semantic attention (use_semantic_attention=True); "
                              "use feature 'pooled' for a plain Swin (SMIT).")

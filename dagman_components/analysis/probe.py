@@ -77,7 +77,13 @@ from sklearn.preprocessing import StandardScaler
 
 from dagman_components.analysis.clustering import knn_accuracy, scale_features, write_json
 from dagman_components.analysis.localization import image_label_datalist, localization_preprocessing
-from dagman_components.networks.sa_swin import SASwinEncoder, load_encoder_state_dict
+from dagman_components.networks.sa_swin import (
+    BUNDLE_ENCODER_ARGS,
+    RUNTIME_OPTIONS,
+    SASwinEncoder,
+    encoder_args_with_defaults,
+    make_encoder,
+)
 
 __all__ = [
     "PROBE_FEATURES",
@@ -114,21 +120,10 @@ logger = logging.getLogger(__name__)
 #: per-block features of the frozen encoder (see the module docstring).
 PROBE_FEATURES: tuple[str, ...] = ("tokens", "sa_tokens", "multiscale")
 
-#: ``SASwinEncoder`` arguments of ``bundles/pretrain/configs/train.yaml`` (``encoder_def``), without the
-#: training-only ``drop_path_rate`` and ``use_checkpoint``.
-DEFAULT_ENCODER_KWARGS: dict[str, Any] = {
-    "in_channels": 1,
-    "feature_size": 12,
-    "patch_size": 2,
-    "window_size": 4,
-    "depths": (2, 2, 8, 2),
-    "num_heads": (4, 4, 8, 16),
-    "sa_stage": 3,
-    "use_semantic_attention": True,
-    "sa_depth": 2,
-    "sa_layer_scale_init": 0.1,
-    "sa_inline": True,
-}
+#: every architecture argument of the pretrain bundle's default encoder (``configs/train.yaml``'s ``encoder_def``:
+#: :data:`~dagman_components.networks.BUNDLE_ENCODER_ARGS` over ``SASwinEncoder``'s defaults): the random-init
+#: references' architecture, and that of a bare state dict when nothing else is given
+DEFAULT_ENCODER_KWARGS: dict[str, Any] = encoder_args_with_defaults(**BUNDLE_ENCODER_ARGS)
 
 #: name -> (image glob under the data folder, (image-name part, mask-name part)): the real data's layouts.
 TUMOUR_SOURCES: dict[str, tuple[str, tuple[str, str]]] = {
@@ -146,7 +141,7 @@ DEFAULT_PREPROCESSING: dict[str, tuple[float, ...]] = {"spacing": (2.0, 2.0, 2.0
 INTENSITY_STATISTICS: tuple[str, ...] = ("mean", "std", "p10", "p90")
 
 #: encoder arguments that leave the architecture and the weights alone: training regularisation and how the stages run
-_NOT_ARCHITECTURE = ("drop_path_rate", "use_checkpoint", "swin_forward", "compile_stages", "channels_last")
+_NOT_ARCHITECTURE = RUNTIME_OPTIONS
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -1075,40 +1070,8 @@ def preprocessing_from_config(config_file: str | os.PathLike | Sequence[str | os
 
 
 def encoder_kwargs_from_encoder(encoder: SASwinEncoder) -> dict[str, Any]:
-    """The constructor arguments of a built ``encoder``, read from its modules (for random-init references).
-
-    ``sa_layer_scale_init`` is read from the SA blocks' LayerScale, so it equals the init only before
-    training (the :py:class:`ProbeHandler` calls this at attach time). The result is checked: a fresh
-    ``SASwinEncoder(**kwargs)`` must have the same state-dict keys and shapes, else ValueError.
-    """
-    swin = encoder.swinViT
-    layers = [swin.layers1[0], swin.layers2[0], swin.layers3[0], swin.layers4[0]]
-    first = layers[0].blocks[0]
-    kwargs: dict[str, Any] = {
-        "in_channels": int(encoder.in_channels),
-        "feature_size": int(encoder.feature_size),
-        "patch_size": int(encoder.patch_size),
-        "window_size": int(first.window_size[0]),
-        "depths": [len(layer.blocks) for layer in layers],
-        "num_heads": [int(layer.blocks[0].num_heads) for layer in layers],
-        "mlp_ratio": float(first.mlp_ratio),
-        "qkv_bias": first.attn.qkv.bias is not None,
-        "sa_stage": int(encoder.sa_stage),
-        "use_semantic_attention": encoder.semantic_attention is not None,
-        "sa_inline": bool(encoder.sa_inline),
-    }
-    if encoder.semantic_attention is not None:
-        sa = encoder.semantic_attention
-        kwargs["sa_depth"] = len(sa.blocks)
-        kwargs["sa_num_heads"] = int(sa.num_heads)
-        kwargs["sa_layer_scale_init"] = float(sa.blocks[0].gamma_1.detach().float().mean())
-    with torch.random.fork_rng(devices=[]):
-        fresh = SASwinEncoder(**kwargs).state_dict()
-    own = encoder.state_dict()
-    if {k: tuple(v.shape) for k, v in fresh.items()} != {k: tuple(v.shape) for k, v in own.items()}:
-        raise ValueError("could not read this encoder's architecture back from its modules: give encoder_kwargs "
-                         "(or config_file) for the random-init reference.")
-    return kwargs
+    """The architecture arguments a built ``encoder`` was constructed with (``SASwinEncoder.encoder_args``), for random-init references."""
+    return dict(encoder.encoder_args)
 
 
 def _resolve_kwargs(
@@ -1133,21 +1096,25 @@ def build_encoder(
     encoder_kwargs: Mapping[str, Any] | None = None,
     config_file: str | os.PathLike | Sequence[str] | None = None,
 ) -> tuple[SASwinEncoder, dict[str, Any]]:
-    """An ``SASwinEncoder`` (eval mode, CPU) and its arguments, optionally loaded from ``encoder_path``.
+    """An ``SASwinEncoder`` (eval mode, CPU) and its architecture arguments, optionally loaded from ``encoder_path``.
 
-    Arguments: :py:data:`DEFAULT_ENCODER_KWARGS` (train.yaml's), updated by the ``encoder_def`` of
-    ``config_file`` (:py:func:`encoder_kwargs_from_config`), updated by ``encoder_kwargs`` (None values ignored).
+    An encoder file the pretrain bundle writes carries its architecture: it is built from the file, and any
+    ``encoder_kwargs`` must agree with it. A bare state dict (older files) and a random initialisation
+    (no ``encoder_path``) take :py:data:`DEFAULT_ENCODER_KWARGS` (train.yaml's), updated by the ``encoder_def``
+    of ``config_file`` (:py:func:`encoder_kwargs_from_config`), updated by ``encoder_kwargs`` (None values ignored).
 
     Raises:
         FileNotFoundError: ``encoder_path`` does not exist.
         ValueError: ``encoder_path`` holds another architecture (the message names the file and the keys).
     """
     kwargs = _resolve_kwargs(encoder_kwargs, config_file)
-    encoder = SASwinEncoder(**kwargs)
-    if encoder_path is not None:
-        load_encoder_state_dict(encoder, encoder_path, strict=True)
+    if encoder_path is None:
+        encoder = SASwinEncoder(**kwargs)
+    else:
+        explicit = {k: v for k, v in (encoder_kwargs or {}).items() if v is not None and k not in _NOT_ARCHITECTURE}
+        encoder = make_encoder(encoder_path, kwargs, **explicit)
         logger.info(f"probe: loaded encoder '{encoder_path}'")
-    return encoder.eval(), kwargs
+    return encoder.eval(), dict(encoder.encoder_args)
 
 
 # ---- report -----------------------------------------------------------------------------------

@@ -16,10 +16,10 @@ from dagman_components.engines.handlers import (
     TeacherTemperatureSchedule,
     checkpoints_newest_first,
     ema_momentum,
-    other_encoder,
-    select_encoder,
     epoch_seed,
     latest_checkpoint,
+    other_encoder,
+    select_encoder,
     unwrap,
 )
 

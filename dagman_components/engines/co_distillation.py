@@ -142,7 +142,8 @@ class CoDistillationTrainer(Trainer):
             trains as the uninterrupted run. Default None (the random streams run on across epochs).
 
     Raises:
-        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive whole number.
+        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive whole number;
+            a ``network`` whose heads are not those of ``loss_function``'s terms (see :meth:`DAGMaNLoss.check_model`).
     """
 
     def __init__(
@@ -184,6 +185,8 @@ class CoDistillationTrainer(Trainer):
             raise ValueError(f"amp_dtype must be 'bfloat16' or 'float16', got {amp_dtype!r}.")
         if len(view_keys) != 2:
             raise ValueError(f"co-distillation needs two views, got view_keys={view_keys}.")
+        if isinstance(loss_function, DAGMaNLoss):
+            loss_function.check_model(student)  # heads and loss terms from one source, or a clear error now
         amp = as_bool(amp, "amp")
         super().__init__(
             device=device,

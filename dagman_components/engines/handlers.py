@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,7 +19,7 @@ from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
 from dagman_components.bundle_utils import as_bool
-from dagman_components.networks.sa_swin import state_dict_differences
+from dagman_components.networks.sa_swin import save_encoder, state_dict_differences
 
 __all__ = [
     "CollapseMonitor",
@@ -452,13 +451,8 @@ class PretrainCheckpoint:
     def _save_encoder(self, engine: Engine, path: Path | None = None, encoder: nn.Module | None = None) -> None:
         if engine.state.rank != 0:
             return
-        path = self.model_path if path is None else path
-        encoder = self.encoder if encoder is None else encoder
-        self.save_dir.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in unwrap(encoder).state_dict().items()}
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        # self-describing: weights + architecture + package version (SASwinEncoder.from_pretrained reads it)
+        save_encoder(unwrap(self.encoder if encoder is None else encoder), self.model_path if path is None else path)
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:

@@ -384,7 +384,11 @@ def pretrain_overrides(budget: AblationBudget) -> dict[str, Any]:
 
 
 def encoder_arguments(variant: str, budget: AblationBudget) -> dict[str, Any]:
-    """``SASwinEncoder`` arguments of a variant's pretrained encoder (the rest are the bundle's defaults)."""
+    """``SASwinEncoder`` arguments of a variant's pretrained encoder (the rest are the bundle's defaults).
+
+    The encoder files carry their architecture; these arguments check it, and give it to the bare state
+    dicts that runs of earlier versions wrote.
+    """
     return {
         "feature_size": budget.feature_size,
         "sa_stage": int(variant_setting(variant, "sa_stage", 3)),
@@ -401,8 +405,7 @@ def load_encoder(variant: str, seed: int, paths: Paths, budget: AblationBudget):
     """The pretrained encoder of (variant, seed), in eval mode on the CPU."""
     from dagman_components.networks import SASwinEncoder
 
-    encoder = SASwinEncoder(drop_path_rate=0.0, **encoder_arguments(variant, budget))
-    return encoder.load_pretrained(paths.encoder(variant, seed)).eval()
+    return SASwinEncoder.from_pretrained(paths.encoder(variant, seed), **encoder_arguments(variant, budget)).eval()
 
 
 # ---- pretraining through the bundle ------------------------------------------------------------------------------
@@ -451,11 +454,20 @@ def _pretrain_workflow(variant: str, seed: int, paths: Paths, budget: AblationBu
     return workflow, {k: v for k, v in overrides.items() if k != "train::dataset"}
 
 
-def _encoder_state(workflow) -> dict[str, torch.Tensor]:
+def _encoder(workflow) -> torch.nn.Module:
     from dagman_components.engines import unwrap
 
-    network = workflow.parser.get_parsed_content("network")
-    return {k: v.detach().cpu().clone() for k, v in unwrap(network).encoder.state_dict().items()}
+    return unwrap(workflow.parser.get_parsed_content("network")).encoder
+
+
+def _encoder_state(workflow) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in _encoder(workflow).state_dict().items()}
+
+
+def _saved_encoder_state(path: Path) -> dict[str, torch.Tensor]:
+    from dagman_components.networks import read_encoder_file
+
+    return read_encoder_file(path)[1]
 
 
 def relative_change(state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> float:
@@ -492,7 +504,7 @@ def encoder_drift(variant: str, seed: int, paths: Paths, budget: AblationBudget)
     How far pretraining moved the encoder: a value of a few percent means that the evaluations mostly
     measure the architecture and its random initialisation, not what pretraining learnt.
     """
-    trained = torch.load(paths.encoder(variant, seed), map_location="cpu", weights_only=True)
+    trained = _saved_encoder_state(paths.encoder(variant, seed))
     return relative_change(trained, initial_encoder_state(variant, seed, paths, budget))
 
 
@@ -517,8 +529,9 @@ def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, data
     workflow, overrides = _pretrain_workflow(variant, seed, paths, budget, datalist, continue_run)
     initial = _encoder_state(workflow)
     if variant in UNTRAINED:
-        paths.encoder(variant, seed).parent.mkdir(parents=True, exist_ok=True)
-        torch.save(initial, paths.encoder(variant, seed))
+        from dagman_components.networks import save_encoder
+
+        save_encoder(_encoder(workflow), paths.encoder(variant, seed))  # as the bundle writes it: self-describing
         return {"metrics": {"iterations": 0, "epochs": 0, "final_loss": math.nan, "encoder_drift": 0.0},
                 "final_output": {}, "overrides": overrides, "resumed": False, "untrained": True,
                 "wall_s": time.perf_counter() - start}
@@ -530,7 +543,7 @@ def pretrain(variant: str, seed: int, paths: Paths, budget: AblationBudget, data
     wall_s = time.perf_counter() - start
     metrics = {"iterations": int(state.iteration), "epochs": int(state.epoch), "final_loss": output.get("loss", math.nan)}
     if not continue_run:  # a resumed run starts from a checkpoint, not from the initial weights
-        trained = torch.load(paths.encoder(variant, seed), map_location="cpu", weights_only=True)
+        trained = _saved_encoder_state(paths.encoder(variant, seed))
         metrics["encoder_drift"] = relative_change(trained, initial)
     return {"metrics": metrics, "final_output": output, "overrides": overrides, "resumed": continue_run,
             "wall_s": wall_s}
@@ -627,7 +640,7 @@ def task_nodule_ft(variant: str, seed: int, paths: Paths, budget: AblationBudget
                 "pretrained": True,
                 "pretrained_path": str(paths.encoder(variant, seed)),
                 "feature": papers_feature(variant),
-                **encoder_arguments(variant, budget),
+                "encoder_args": encoder_arguments(variant, budget),  # used only by a bare state dict
                 "num_folds": budget.nodule_folds,
                 "fold": fold,
                 "train_fraction": fraction,
@@ -751,7 +764,7 @@ def task_segmentation(variant: str, seed: int, paths: Paths, budget: AblationBud
         "target_labels": None,
         "pretrained": True,
         "pretrained_path": str(paths.encoder(variant, seed)),
-        **encoder_arguments(variant, budget),
+        "encoder_args": encoder_arguments(variant, budget),  # used only by a bare state dict
         "roi_size": [budget.seg_roi_size] * 3,
         "num_epochs": budget.seg_epochs,
         "val_interval": budget.seg_epochs,  # test once, after the last epoch

@@ -10,9 +10,11 @@ import torch.nn.functional as F
 
 from dagman_components.losses.distillation import DistillationCE, distribution_entropies
 
-__all__ = ["DAGMaNLoss", "HeadOutputs", "koleo_loss", "masked_l1", "DISTILLATION_TERMS"]
+__all__ = ["DAGMaNLoss", "HeadOutputs", "koleo_loss", "masked_l1", "DISTILLATION_TERMS", "LOSS_TERMS"]
 
 DISTILLATION_TERMS = ("ampd", "aitd", "gitd")
+#: every term; each has a head in :class:`~dagman_components.networks.DAGMaNPretrainModel` exactly when its weight > 0
+LOSS_TERMS = ("amip", *DISTILLATION_TERMS)
 
 
 @dataclass
@@ -62,7 +64,10 @@ def masked_l1(prediction: torch.Tensor, target: torch.Tensor, voxel_mask: torch.
 
 
 class DAGMaNLoss(nn.Module):
-    """Weighted sum of the four pretraining losses; each term with weight 0 is skipped (and its head is not built).
+    """Weighted sum of the four pretraining losses; each term with weight 0 is skipped.
+
+    The weights are the single switch of a term: ``DAGMaNPretrainModel(encoder, loss)`` builds a term's head
+    exactly when its weight is > 0.
 
     - AMIP: masked-voxel L1 of the student's reconstruction of its own view.
     - AMPD: teacher(u^) vs student(u~) patch-token CE on student-masked tokens, same view; per
@@ -100,6 +105,7 @@ class DAGMaNLoss(nn.Module):
         if koleo_weight < 0:
             raise ValueError(f"koleo_weight must be >= 0, got {koleo_weight}.")
         self.koleo_weight = koleo_weight
+        self.out_dim = int(out_dim)
         self.weights = {"amip": amip_weight, "ampd": ampd_weight, "aitd": aitd_weight, "gitd": gitd_weight}
         for name, weight in self.weights.items():
             if weight < 0:
@@ -125,6 +131,26 @@ class DAGMaNLoss(nn.Module):
     def active(self, name: str) -> bool:
         """Whether term ``name`` ("amip", "ampd", "aitd", "gitd") contributes to the total."""
         return self.weights[name] > 0
+
+    def check_model(self, model: nn.Module) -> None:
+        """Raise a ValueError unless ``model`` (a ``DAGMaNPretrainModel``) has the heads of exactly this loss's terms.
+
+        A model built from another loss (``DAGMaNPretrainModel(encoder, other_loss)``) would fail deep inside
+        :meth:`forward`; this names the terms and the weights instead.
+        """
+        terms = getattr(model, "loss_terms", None)
+        active = tuple(name for name in LOSS_TERMS if self.active(name))
+        if terms is not None and tuple(terms) != active:
+            weights = ", ".join(f"{name}_weight={self.weights[name]}" for name in LOSS_TERMS)
+            raise ValueError(
+                f"the network has the heads of {list(terms)} but the loss trains {list(active)} ({weights}): "
+                "build the network from this loss, DAGMaNPretrainModel(encoder, loss), so each head exists "
+                "exactly when its weight > 0."
+            )
+        heads = [getattr(model, name, None) for name in ("patch_head", "cls_head", "global_head")]
+        widths = {int(h.last_layer.weight.shape[0]) for h in heads if h is not None}
+        if widths and widths != {self.out_dim}:
+            raise ValueError(f"the network's DINO heads have {sorted(widths)} prototypes but the loss out_dim={self.out_dim}.")
 
     @property
     def teacher_temp(self) -> float:

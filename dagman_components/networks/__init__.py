@@ -8,9 +8,17 @@ from dagman_components.networks.classifier import (
 )
 from dagman_components.networks.pretrain_model import DAGMaNPretrainModel
 from dagman_components.networks.sa_swin import (
+    ARCHITECTURE_ARGS,
+    BUNDLE_ENCODER_ARGS,
     EncoderOutput,
     SASwinEncoder,
+    encoder_args_with_defaults,
+    encoder_checkpoint,
+    encoder_source,
     load_encoder_state_dict,
+    make_encoder,
+    read_encoder_file,
+    save_encoder,
     swin_unetr_state_dict,
 )
 from dagman_components.networks.segmentation import SASwinUNETR
@@ -34,4 +42,12 @@ __all__ = [
     "SemanticAttentionOutput",
     "load_encoder_state_dict",
     "swin_unetr_state_dict",
+    "ARCHITECTURE_ARGS",
+    "BUNDLE_ENCODER_ARGS",
+    "encoder_args_with_defaults",
+    "encoder_checkpoint",
+    "encoder_source",
+    "make_encoder",
+    "read_encoder_file",
+    "save_encoder",
 ]

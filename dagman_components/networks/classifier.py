@@ -10,7 +10,7 @@ adds the SATT map for explanation, and :class:`AttentionInferer` lets a MONAI ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from dagman_components.bundle_utils import as_bool
-from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder, load_encoder_state_dict
+from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder, make_encoder
 
 __all__ = ["AttentionInferer", "BinaryClassificationLoss", "SAClassifier", "save_cpu_state_dict"]
 
@@ -32,6 +31,10 @@ class SAClassifier(nn.Module):
     """SA-Swin encoder + a head on the [CLS] token or on the average-pooled last stage.
 
     Args:
+        encoder: the encoder: an :class:`SASwinEncoder`; a path to an encoder file the pretrain bundle writes
+            (``bundles/pretrain/models/model.pt``: weights and architecture, loaded strictly; a missing file or
+            weights that do not fit are errors naming the file); a mapping of ``SASwinEncoder`` arguments, or None
+            for its defaults (the papers'), from scratch. See :func:`make_encoder`.
         num_classes: output logits: 1 (binary, sigmoid; default) or the number of classes (softmax), e.g. 2.
         feature: ``"cls"`` (default, papers: the SA module's [CLS] token, 8F channels at ``sa_stage=3``)
             or ``"pooled"`` (average-pooled last Swin stage, 16F channels; the SMIT-style baseline).
@@ -41,40 +44,24 @@ class SAClassifier(nn.Module):
             ``"linear_probe"``: the encoder is frozen (``requires_grad=False``) and stays in eval mode
             (no drop path, as when it was the EMA teacher) even under ``.train()``; head = one ``nn.Linear``
             (papers: "linear probing with one projection head").
-        pretrained: load ``pretrained_path`` into the encoder. Default False (from scratch). Command-line text
-            (``"false"``, ``"true"``) is read as the bool it names.
-        pretrained_path: encoder weights written by the pretrain bundle (``bundles/pretrain/models/model.pt``):
-            a CPU state dict of ``SASwinEncoder``. A missing file or a mismatching architecture is an error
-            naming the file (and the keys).
         head_dropout: dropout before the fine-tuning head's Linear. Default 0.0. Unused by the linear probe.
-        in_channels, feature_size, patch_size, window_size, depths, num_heads, drop_path_rate, sa_stage,
-        use_semantic_attention, sa_depth, sa_layer_scale_init, sa_inline, use_checkpoint: passed to
-            :class:`SASwinEncoder` (defaults are the papers', as there); they must match the pretraining config.
+        encoder_args: the architecture of a bare state dict at ``encoder`` (older files); a self-describing
+            file ignores them.
+        drop_path_rate, use_checkpoint: the encoder's training options (None: ``SASwinEncoder``'s, 0.0 and False).
 
     Input (B, in_channels, H, W, D) with sizes multiples of ``min_input_multiple`` (32); output (B, num_classes).
     """
 
     def __init__(
         self,
+        encoder: SASwinEncoder | str | Path | Mapping[str, Any] | None = None,
         num_classes: int = 1,
         feature: str = "cls",
         mode: str = "finetune",
-        pretrained: bool | str = False,
-        pretrained_path: str | Path | None = None,
         head_dropout: float = 0.0,
-        in_channels: int = 1,
-        feature_size: int = 48,
-        patch_size: int = 2,
-        window_size: int = 4,
-        depths: Sequence[int] = (2, 2, 8, 2),
-        num_heads: Sequence[int] = (4, 4, 8, 16),
-        drop_path_rate: float = 0.0,
-        sa_stage: int = 3,
-        use_semantic_attention: bool = True,
-        sa_depth: int = 2,
-        sa_layer_scale_init: float = 0.1,
-        sa_inline: bool = True,
-        use_checkpoint: bool = False,
+        encoder_args: Mapping[str, Any] | None = None,
+        drop_path_rate: float | None = None,
+        use_checkpoint: bool | None = None,
     ) -> None:
         super().__init__()
         if feature not in FEATURES:
@@ -83,31 +70,15 @@ class SAClassifier(nn.Module):
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
         if int(num_classes) < 1:
             raise ValueError(f"num_classes must be >= 1 (1 logit for a binary task), got {num_classes}.")
-        if feature == "cls" and not use_semantic_attention:
+        self.num_classes = int(num_classes)
+        self.feature = feature
+        self.mode = mode
+        self.encoder = make_encoder(encoder, encoder_args, drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
+        if feature == "cls" and self.encoder.semantic_attention is None:
             raise ValueError(
                 "feature='cls' needs the semantic attention module (use_semantic_attention=True); "
                 "an encoder without it (SMIT) has no [CLS] token: use feature='pooled'."
             )
-        self.num_classes = int(num_classes)
-        self.feature = feature
-        self.mode = mode
-        self.encoder = SASwinEncoder(
-            in_channels=in_channels,
-            feature_size=feature_size,
-            patch_size=patch_size,
-            window_size=window_size,
-            depths=depths,
-            num_heads=num_heads,
-            drop_path_rate=drop_path_rate,
-            sa_stage=sa_stage,
-            use_semantic_attention=use_semantic_attention,
-            sa_depth=sa_depth,
-            sa_layer_scale_init=sa_layer_scale_init,
-            sa_inline=sa_inline,
-            use_checkpoint=use_checkpoint,
-        )
-        if as_bool(pretrained, "pretrained"):
-            self.load_pretrained_encoder(pretrained_path)
         in_features = self.encoder.sa_dim if feature == "cls" else self.encoder.out_dim
         if mode == "linear_probe":
             self.head: nn.Module = nn.Linear(in_features, self.num_classes)
@@ -122,12 +93,6 @@ class SAClassifier(nn.Module):
     def min_input_multiple(self) -> int:
         """Every spatial size of the input must be a multiple of this (32 with ``patch_size=2``)."""
         return self.encoder.min_input_multiple
-
-    def load_pretrained_encoder(self, path: str | Path | None) -> None:
-        """Load the pretrain bundle's encoder weights (strict: every key and shape must match)."""
-        if path is None:
-            raise ValueError("pretrained=True needs pretrained_path (the pretrain bundle's models/model.pt).")
-        load_encoder_state_dict(self.encoder, path, strict=True)
 
     def train(self, mode: bool = True) -> SAClassifier:
         """As ``nn.Module.train``, but a linear probe's frozen encoder always stays in eval mode."""

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from monai.networks.nets import SwinUNETR
 
-from dagman_components.networks.sa_swin import _unwrap_state_dict, swin_unetr_state_dict
+from dagman_components.networks.sa_swin import read_encoder_file, swin_unetr_state_dict
 
 __all__ = ["export_swin_unetr_weights", "swin_unetr_arguments"]
 
@@ -90,8 +90,8 @@ def export_swin_unetr_weights(
     """Write the Swin weights of a pretrained encoder checkpoint for ``SwinUNETR``, after checking they load.
 
     Args:
-        encoder_path: the pretrain bundle's ``models/model.pt`` (an ``SASwinEncoder`` state dict, optionally
-            under ``"model"``/``"encoder"``/``"state_dict"``/``"student"``).
+        encoder_path: the pretrain bundle's ``models/model.pt`` (see :func:`read_encoder_file`: the self-describing
+            file, or an ``SASwinEncoder`` state dict, optionally under ``"model"``/``"encoder"``/``"state_dict"``/``"student"``).
         output_path: the file to write (a CPU state dict; parent folders are created).
         prefix: key prefix of the written entries: ``"swinViT."`` (default) for
             ``SwinUNETR.load_state_dict(..., strict=False)``, ``""`` for ``SwinUNETR.swinViT.load_state_dict(...)``.
@@ -105,9 +105,7 @@ def export_swin_unetr_weights(
         ValueError: not a Swin encoder, or the weights do not load into ``SwinUNETR`` (keys named).
     """
     encoder_path, output_path = Path(encoder_path), Path(output_path)
-    if not encoder_path.is_file():
-        raise FileNotFoundError(f"pretrained encoder checkpoint not found: {encoder_path}; run bundles/pretrain first.")
-    state = _unwrap_state_dict(torch.load(encoder_path, map_location="cpu", weights_only=True), encoder_path)
+    _, state = read_encoder_file(encoder_path)  # the self-describing file or a bare state dict; errors name the file
     swin_state = {k: v.detach().cpu().clone() for k, v in swin_unetr_state_dict(state).items()}
     arguments = swin_unetr_arguments(swin_state)
     # the guarantee users rely on, checked on the real class: every swinViT key matched, nothing unexpected

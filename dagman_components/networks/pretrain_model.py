@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from dagman_components.losses.dagman_loss import HeadOutputs
+from dagman_components.losses.dagman_loss import LOSS_TERMS, DAGMaNLoss, HeadOutputs
 from dagman_components.losses.heads import DINOHead, ReconstructionHead
 from dagman_components.masking import upsample_token_mask
 from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder
@@ -22,14 +22,17 @@ class DAGMaNPretrainModel(nn.Module):
     """An ``SASwinEncoder`` with the heads of the active losses.
 
     The student and the EMA teacher are two instances (the teacher a deep copy of the student).
-    A head is built only when its loss is on, so weight 0 removes the head's parameters too.
+    The loss is the one source of the heads (as DINOv2's ``do_dino = loss_weight > 0``): a head is built
+    exactly when its term's weight is > 0, so weight 0 removes the head's parameters too, and a head without
+    its loss term (or a term without its head) cannot be configured.
 
     Args:
         encoder: the encoder (its ``sa_dim`` / ``out_dim`` size the heads).
-        out_dim: prototypes K (8192, SMIT/iBOT).
+        loss: the :class:`~dagman_components.losses.DAGMaNLoss` this model is trained with: its active terms
+            (``amip``, ``ampd``, ``aitd``, ``gitd``) pick the heads, its ``out_dim`` (prototypes K; 8192,
+            SMIT/iBOT) sizes the DINO heads.
         hidden_dim: DINO head hidden size (2048).
         bottleneck_dim: DINO head bottleneck (256).
-        ampd_head, aitd_head, gitd_head, amip_head: build that loss's head.
         ampd_tokens: one of :data:`AMPD_TOKENS`. ``"premerge"`` (default): stage-``sa_stage`` tokens
             before the patch merging that ends the stage (SMART sec. III-C: "before performing patch
             merging of stage #3 output"; 8 tokens per student-mask token, half the channels);
@@ -42,17 +45,19 @@ class DAGMaNPretrainModel(nn.Module):
     def __init__(
         self,
         encoder: SASwinEncoder,
-        out_dim: int = 8192,
+        loss: DAGMaNLoss,
         hidden_dim: int = 2048,
         bottleneck_dim: int = 256,
-        ampd_head: bool = True,
-        aitd_head: bool = True,
-        gitd_head: bool = True,
-        amip_head: bool = True,
         ampd_tokens: str = "premerge",
         head_input_norm: str = "none",
     ) -> None:
         super().__init__()
+        if not isinstance(loss, DAGMaNLoss):
+            raise TypeError(f"loss must be the DAGMaNLoss the model is trained with (it picks the heads), got {type(loss).__name__}.")
+        #: the loss terms whose heads this model has (the loss's active terms when it was built)
+        self.loss_terms = tuple(name for name in LOSS_TERMS if loss.active(name))
+        ampd_head, aitd_head, gitd_head, amip_head = (name in self.loss_terms for name in ("ampd", "aitd", "gitd", "amip"))
+        out_dim = loss.out_dim
         if ampd_tokens not in AMPD_TOKENS:
             raise ValueError(f"ampd_tokens must be one of {AMPD_TOKENS}, got {ampd_tokens!r}.")
         has_sa = encoder.semantic_attention is not None

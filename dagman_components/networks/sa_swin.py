@@ -12,9 +12,13 @@ within float rounding, the same results as MONAI's forward, in a third to a half
 from __future__ import annotations
 
 import functools
+import importlib.metadata
+import inspect
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,10 +31,20 @@ from dagman_components.networks.fast_swin import swin_stage
 from dagman_components.networks.semantic_attention import SemanticAttention
 
 __all__ = [
+    "ARCHITECTURE_ARGS",
+    "BUNDLE_ENCODER_ARGS",
+    "ENCODER_FILE_FORMAT",
     "EncoderOutput",
     "SASwinEncoder",
     "SWIN_FORWARDS",
+    "encoder_args_with_defaults",
+    "encoder_checkpoint",
+    "encoder_source",
     "load_encoder_state_dict",
+    "make_encoder",
+    "package_version",
+    "read_encoder_file",
+    "save_encoder",
     "state_dict_differences",
     "swin_unetr_state_dict",
 ]
@@ -38,6 +52,21 @@ __all__ = [
 #: how the Swin stages run: ``"fast"`` (:mod:`dagman_components.networks.fast_swin`: window-ordered
 #: residual stream, fused or cache-sized window attention) or ``"monai"`` (MONAI's ``BasicLayer.forward``)
 SWIN_FORWARDS = ("fast", "monai")
+
+#: the constructor arguments that fix an encoder's weights and forward: stored in its checkpoint
+#: (:func:`encoder_checkpoint`), read back by :meth:`SASwinEncoder.from_pretrained`
+ARCHITECTURE_ARGS: tuple[str, ...] = (
+    "in_channels", "feature_size", "patch_size", "window_size", "depths", "num_heads", "mlp_ratio", "qkv_bias",
+    "sa_stage", "use_semantic_attention", "sa_depth", "sa_num_heads", "sa_layer_scale_init", "sa_inline",
+)
+#: the other constructor arguments (training and speed options): not stored, each user sets its own
+RUNTIME_OPTIONS: tuple[str, ...] = ("drop_path_rate", "use_checkpoint", "swin_forward", "compile_stages", "channels_last")
+#: the ``"format"`` entry of a self-describing encoder file
+ENCODER_FILE_FORMAT = "dagman-encoder"
+#: what a downstream bundle builds with ``--pretrained false`` (from scratch) and the probe's default architecture:
+#: the pretrain bundle's default encoder (``configs/train.yaml``: ``feature_size`` 12 [small]; every other
+#: argument :class:`SASwinEncoder`'s default, the papers')
+BUNDLE_ENCODER_ARGS: dict[str, Any] = {"feature_size": 12}
 
 
 @dataclass
@@ -157,6 +186,13 @@ class SASwinEncoder(nn.Module):
             raise ValueError(f"swin_forward must be one of {SWIN_FORWARDS}, got {swin_forward!r}.")
         if feature_size % 12 != 0:
             raise ValueError(f"feature_size must be divisible by 12 (as in MONAI SwinUNETR), got {feature_size}.")
+        #: the architecture arguments (:data:`ARCHITECTURE_ARGS`), as :func:`encoder_checkpoint` stores them
+        self.encoder_args: dict[str, Any] = _plain_args(
+            in_channels=in_channels, feature_size=feature_size, patch_size=patch_size, window_size=window_size,
+            depths=depths, num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, sa_stage=sa_stage,
+            use_semantic_attention=use_semantic_attention, sa_depth=sa_depth, sa_num_heads=sa_num_heads,
+            sa_layer_scale_init=sa_layer_scale_init, sa_inline=sa_inline,
+        )
         self.in_channels = in_channels
         self.feature_size = feature_size
         self.patch_size = patch_size
@@ -317,6 +353,26 @@ class SASwinEncoder(nn.Module):
         load_encoder_state_dict(self, path, strict=strict)
         return self
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path, strict: bool = True, **kwargs: Any) -> SASwinEncoder:
+        """The encoder a checkpoint describes, with its weights loaded (strictly by default).
+
+        Args:
+            path: an encoder file the pretrain bundle writes (``models/model.pt``, ``model_epoch<E>.pt``):
+                weights and architecture (:func:`encoder_checkpoint`); or a bare state dict (older files,
+                ``SASwinEncoder(...).state_dict()``), whose architecture ``kwargs`` must then give.
+            strict: every key and shape must match (see :func:`load_encoder_state_dict`).
+            kwargs: constructor arguments. Training and speed options (:data:`RUNTIME_OPTIONS`, e.g.
+                ``drop_path_rate=0.1``, ``use_checkpoint=True``) apply as given; an architecture argument
+                (:data:`ARCHITECTURE_ARGS`) must equal the file's, or, for a bare state dict, is its architecture.
+
+        Raises:
+            FileNotFoundError: no file at ``path``.
+            ValueError: the file cannot be read; a bare state dict and no architecture argument; an architecture
+                argument that contradicts the file; weights that do not fit (each message names the file).
+        """
+        return _from_file(path, kwargs, strict)
+
 
 @functools.lru_cache(maxsize=1)
 def _compiled_swin_stage():
@@ -366,14 +422,88 @@ def state_dict_differences(own: Mapping[str, torch.Tensor], state: Mapping[str, 
     )
 
 
-def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
-    """Load ``path`` into ``encoder`` on CPU and report mismatches by key name.
+def package_version() -> str:
+    """The installed ``dagman-components`` version ("unknown" when run from a source tree that is not installed)."""
+    try:
+        return importlib.metadata.version("dagman-components")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
-    Accepts a plain state dict or one under ``"model"``/``"state_dict"``/``"encoder"``/``"student"``,
-    with or without DDP's ``module.`` prefix. With ``strict`` any missing, unexpected or
-    wrongly-shaped key raises a ``ValueError`` naming the file and the keys; otherwise the
-    matching keys are loaded and ``(missing, unexpected)`` returned. A missing file is a
-    ``FileNotFoundError``, a truncated or non-torch file a ``ValueError``, both naming the file.
+
+def _plain_args(**args: Any) -> dict[str, Any]:
+    """Architecture arguments as plain Python values (lists, not tuples; bools), so files and comparisons agree."""
+    plain = {}
+    for key, value in args.items():
+        if key in ("depths", "num_heads"):
+            value = [int(v) for v in value]
+        elif key in ("use_semantic_attention", "sa_inline", "qkv_bias"):
+            value = as_bool(value, key)
+        elif key in ("in_channels", "feature_size", "patch_size", "window_size", "sa_stage", "sa_depth"):
+            value = int(value)
+        elif key in ("mlp_ratio", "sa_layer_scale_init"):
+            value = float(value)
+        elif key == "sa_num_heads" and value is not None:
+            value = int(value)
+        plain[key] = value
+    return plain
+
+
+def encoder_args_with_defaults(**overrides: Any) -> dict[str, Any]:
+    """Every architecture argument (:data:`ARCHITECTURE_ARGS`): :class:`SASwinEncoder`'s defaults, updated by ``overrides``.
+
+    ``overrides`` may hold runtime options (:data:`RUNTIME_OPTIONS`), which are left out; any other name is a ValueError.
+    """
+    unknown = sorted(set(overrides) - set(ARCHITECTURE_ARGS) - set(RUNTIME_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown encoder arguments {unknown}; SASwinEncoder takes {sorted(ARCHITECTURE_ARGS + RUNTIME_OPTIONS)}.")
+    parameters = inspect.signature(SASwinEncoder.__init__).parameters
+    args = {name: parameters[name].default for name in ARCHITECTURE_ARGS}
+    args.update({k: v for k, v in overrides.items() if k in ARCHITECTURE_ARGS})
+    return _plain_args(**args)
+
+
+def encoder_checkpoint(encoder: nn.Module) -> dict[str, Any]:
+    """The self-describing encoder file's content: weights (CPU), the architecture and the package version.
+
+    ``{"format": "dagman-encoder", "format_version": 1, "package_version": ..., "encoder_args": {...},
+    "state_dict": {...}}``; ``encoder_args`` are the :data:`ARCHITECTURE_ARGS` the encoder was built with
+    (``SASwinEncoder.encoder_args``), so :meth:`SASwinEncoder.from_pretrained` rebuilds it without being told.
+    A DDP wrapper is unwrapped.
+    """
+    encoder = getattr(encoder, "module", encoder)
+    if not isinstance(encoder, SASwinEncoder):
+        raise TypeError(f"encoder_checkpoint needs an SASwinEncoder, got {type(encoder).__name__}.")
+    return {
+        "format": ENCODER_FILE_FORMAT,
+        "format_version": 1,
+        "package_version": package_version(),
+        "encoder_args": dict(encoder.encoder_args),
+        "state_dict": {k: v.detach().cpu() for k, v in encoder.state_dict().items()},
+    }
+
+
+def save_encoder(encoder: nn.Module, path: str | Path) -> Path:
+    """Write :func:`encoder_checkpoint` of ``encoder`` to ``path`` (through a temporary file: never half-written).
+
+    A module that is not an :class:`SASwinEncoder` has no architecture to record: its bare CPU state dict is written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    module = getattr(encoder, "module", encoder)
+    content = (encoder_checkpoint(module) if isinstance(module, SASwinEncoder)
+               else {k: v.detach().cpu() for k, v in module.state_dict().items()})
+    torch.save(content, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_encoder_file(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor]]:
+    """``(encoder_args, state_dict)`` of an encoder file; ``encoder_args`` is None for a bare state dict.
+
+    Accepts the self-describing file (:func:`encoder_checkpoint`) and bare state dicts: plain, or under
+    ``"model"``/``"state_dict"``/``"encoder"``/``"student"``, with or without DDP's ``module.`` prefix.
+    A missing file is a ``FileNotFoundError``, a truncated or non-torch file a ``ValueError``, both naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -385,17 +515,158 @@ def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool =
             f"pretrained encoder checkpoint {path} cannot be read: truncated, corrupt or not a torch file "
             f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). {PRETRAINED_HINT}."
         ) from e
-    state = _unwrap_state_dict(loaded, path)
+    if isinstance(loaded, Mapping) and loaded.get("format") == ENCODER_FILE_FORMAT:
+        args = loaded.get("encoder_args")
+        if not isinstance(args, Mapping):
+            raise ValueError(f"{path}: a '{ENCODER_FILE_FORMAT}' file without its 'encoder_args' mapping.")
+        # a newer version may store arguments this one does not know: they cannot be honoured, so say so
+        unknown = sorted(set(args) - set(ARCHITECTURE_ARGS))
+        if unknown:
+            raise ValueError(
+                f"{path} was written by dagman-components {loaded.get('package_version', '?')} with encoder "
+                f"arguments this version ({package_version()}) does not know: {unknown}."
+            )
+        return encoder_args_with_defaults(**args), _unwrap_state_dict(loaded.get("state_dict"), path)
+    return None, _unwrap_state_dict(loaded, path)
+
+
+def _effective_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """What decides the forward: ``sa_num_heads`` resolved, the LayerScale init (overwritten by weights) dropped."""
+    effective = dict(args)
+    if effective.get("sa_num_heads") is None:
+        effective["sa_num_heads"] = effective["num_heads"][effective["sa_stage"] - 1]
+    effective.pop("sa_layer_scale_init", None)
+    return effective
+
+
+def _args_differences(file_args: Mapping[str, Any], own_args: Mapping[str, Any]) -> str | None:
+    file_args, own_args = _effective_args(file_args), _effective_args(own_args)
+    differ = [f"{k}={file_args[k]!r} vs {own_args[k]!r}" for k in file_args if own_args.get(k) != file_args[k]]
+    return "; ".join(differ) if differ else None
+
+
+def _load_state(
+    encoder: SASwinEncoder, path: Path, file_args: Mapping[str, Any] | None, state: Mapping[str, torch.Tensor], strict: bool
+) -> tuple[list[str], list[str]]:
     own = encoder.state_dict()
     differences = state_dict_differences(own, state)
-    if strict and differences:
+    arg_differences = None if file_args is None else _args_differences(file_args, encoder.encoder_args)
+    if strict and (differences or arg_differences):
         raise ValueError(
-            f"{path} does not match the encoder architecture: {differences}. "
-            "Check feature_size, depths, num_heads, sa_stage and use_semantic_attention against the pretraining config."
+            f"{path} does not match the encoder architecture: "
+            + (f"the file's encoder has {arg_differences} (file vs this encoder)" if arg_differences else "")
+            + ("; " if arg_differences and differences else "")
+            + (differences or "")
+            + ". Build the encoder from the file (SASwinEncoder.from_pretrained), or check feature_size, depths, "
+            "num_heads, sa_stage and use_semantic_attention against the pretraining config."
         )
     loadable = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
     encoder.load_state_dict(loadable, strict=False)
     return sorted(set(own) - set(state)), sorted(set(state) - set(own))
+
+
+def load_encoder_state_dict(encoder: nn.Module, path: str | Path, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load the encoder file ``path`` (:func:`read_encoder_file`) into ``encoder`` on CPU and report mismatches by name.
+
+    With ``strict`` any missing, unexpected or wrongly-shaped key, or (self-describing file) an architecture
+    argument the file's encoder did not have, raises a ``ValueError`` naming the file and the keys; otherwise
+    the matching keys are loaded and ``(missing, unexpected)`` returned. A missing file is a
+    ``FileNotFoundError``, a truncated or non-torch file a ``ValueError``, both naming the file.
+    """
+    path = Path(path)
+    file_args, state = read_encoder_file(path)
+    if not isinstance(encoder, SASwinEncoder):
+        file_args = None  # an encoder-like module of another class: only the keys can be compared
+    return _load_state(encoder, path, file_args, state, strict)
+
+
+def _from_file(
+    path: str | Path, kwargs: Mapping[str, Any], strict: bool = True, bare_args: Mapping[str, Any] | None = None
+) -> SASwinEncoder:
+    """:meth:`SASwinEncoder.from_pretrained`; ``bare_args``: the architecture to use only when the file has none."""
+    path = Path(path)
+    encoder_args_with_defaults(**kwargs)  # unknown names are an error before the file is read
+    file_args, state = read_encoder_file(path)
+    architecture = {k: v for k, v in kwargs.items() if k in ARCHITECTURE_ARGS}
+    options = {k: v for k, v in kwargs.items() if k in RUNTIME_OPTIONS}
+    if file_args is None:
+        architecture = {**(bare_args or {}), **architecture}
+        if not architecture:
+            raise ValueError(
+                f"{path} is a bare state dict: it holds the weights but not the encoder's architecture. Pass the "
+                "arguments it was built with, e.g. SASwinEncoder.from_pretrained(path, feature_size=12, ...) "
+                "(bundles: --encoder_args \"{'feature_size': 12}\"), as in the config that wrote it."
+            )
+        encoder = SASwinEncoder(**architecture, **options)
+    else:
+        contradicted = _args_differences(file_args, encoder_args_with_defaults(**{**file_args, **architecture}))
+        if contradicted:
+            raise ValueError(
+                f"{path} holds an encoder with other architecture arguments than those passed: {contradicted} "
+                "(file vs passed). Leave them out: the file says which encoder it is."
+            )
+        encoder = SASwinEncoder(**file_args, **options)
+    _load_state(encoder, path, file_args, state, strict)
+    return encoder
+
+
+def make_encoder(
+    encoder: SASwinEncoder | str | os.PathLike | Mapping[str, Any] | None = None,
+    encoder_args: Mapping[str, Any] | None = None,
+    **options: Any,
+) -> SASwinEncoder:
+    """The encoder a downstream network is given, as :class:`SAClassifier` and :class:`SASwinUNETR` take it.
+
+    Args:
+        encoder: an :class:`SASwinEncoder` (used as it is); a path to an encoder file (weights loaded strictly,
+            architecture from the file, see :meth:`SASwinEncoder.from_pretrained`); a mapping of constructor
+            arguments, or None for the defaults (from scratch).
+        encoder_args: constructor arguments used when ``encoder`` is None, or the architecture of a bare state
+            dict at ``encoder`` (a self-describing file ignores them).
+        options: training options (:data:`RUNTIME_OPTIONS`); None values are left out.
+
+    Raises:
+        ValueError: options for an encoder that is already built, or the errors of ``from_pretrained``.
+    """
+    options = {k: v for k, v in options.items() if v is not None}
+    if isinstance(encoder, SASwinEncoder):
+        if options:
+            raise ValueError(f"options {sorted(options)} cannot change an encoder that is already built: set them on it.")
+        return encoder
+    if isinstance(encoder, (str, os.PathLike)):
+        return _from_file(encoder, options, strict=True, bare_args=encoder_args)
+    if encoder is not None and not isinstance(encoder, Mapping):
+        raise TypeError(f"encoder must be an SASwinEncoder, a checkpoint path or a mapping of arguments, got {type(encoder).__name__}.")
+    return SASwinEncoder(**{**dict(encoder_args or {} if encoder is None else encoder), **options})
+
+
+def encoder_source(
+    pretrained: bool | str,
+    pretrained_path: str | os.PathLike | None,
+    encoder_args: Mapping[str, Any] | None = None,
+    weights: bool = True,
+) -> str | dict[str, Any]:
+    """A bundle's ``encoder`` from its keys: the ``pretrained_path`` checkpoint, or ``encoder_args`` from scratch.
+
+    Args:
+        pretrained: use the checkpoint (command-line text "true"/"false" is read as the bool it names).
+        pretrained_path: the pretrain bundle's ``models/model.pt`` (weights and architecture).
+        encoder_args: the architecture from scratch, or of a bare state dict (None: :class:`SASwinEncoder`'s defaults).
+        weights: False gives the checkpoint's architecture only (evaluate / inference: the weights come from the
+            fine-tuned model), as a mapping of arguments.
+
+    Returns:
+        the checkpoint path (``weights``), its architecture arguments (not ``weights``) or ``encoder_args``
+        (``pretrained`` false): what ``encoder`` of :func:`make_encoder` takes.
+    """
+    if not as_bool(pretrained, "pretrained"):
+        return dict(encoder_args or {})
+    if pretrained_path is None:
+        raise ValueError("pretrained=True needs pretrained_path (the pretrain bundle's models/model.pt).")
+    if weights:
+        return str(pretrained_path)
+    file_args, _ = read_encoder_file(pretrained_path)
+    return file_args if file_args is not None else dict(encoder_args or {})
 
 
 def swin_unetr_state_dict(encoder_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,15 +11,16 @@ so a pretrain-bundle ``model.pt`` loads into ``encoder`` unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
 from dagman_components.bundle_utils import as_bool
-from dagman_components.networks.sa_swin import SASwinEncoder, load_encoder_state_dict
+from dagman_components.networks.sa_swin import SASwinEncoder, make_encoder
 
 __all__ = ["SASwinUNETR"]
 
@@ -29,29 +30,19 @@ class SASwinUNETR(nn.Module):
     """Semantic-attention Swin encoder (optionally pretrained) + SwinUNETR decoder -> per-voxel logits.
 
     Args:
-        in_channels: image channels (1 for CT).
+        encoder: the encoder: an :class:`SASwinEncoder`; a path to a pretrain-bundle ``model.pt`` (weights and
+            architecture, loaded strictly; a missing file or weights that do not fit are errors naming the file);
+            a mapping of ``SASwinEncoder`` arguments, or None for its defaults (the papers'), from scratch.
+            See :func:`make_encoder`. The decoder's widths follow the encoder's ``feature_size``.
         out_channels: output classes including background (2: background + tumour).
-        feature_size: Swin embedding dimension F (48, papers; the pretrain bundle's default is 12).
-            Must match the pretrained encoder.
-        patch_size: Swin patch size (2).
-        window_size: Swin window size (4).
-        depths: Swin blocks per stage ((2, 2, 8, 2)).
-        num_heads: Swin heads per stage ((4, 4, 8, 16)).
-        drop_path_rate: stochastic depth in the encoder while fine-tuning (0.0, as MONAI ``SwinUNETR``) **[choice]**.
-        sa_stage: stage of the semantic attention module (3, papers); must match the pretrained encoder.
-        use_semantic_attention: False for an encoder pretrained without SA (SMIT); must match the checkpoint.
-        sa_depth: ViT blocks in the SA module (2).
-        sa_layer_scale_init: LayerScale init of the SA blocks (0.1); overwritten by pretrained weights.
-        sa_inline: the SA tokens feed stage 4 (True, as pretrained by the pretrain bundle).
         norm_name: decoder normalisation ("instance", as ``SwinUNETR``).
-        use_checkpoint: gradient checkpointing in the Swin blocks (MONAI's option), for large crops.
-        pretrained: load ``pretrained_path`` into the encoder. Default False (encoder from scratch).
-        pretrained_path: a pretrain-bundle ``model.pt`` (CPU state dict of ``SASwinEncoder``) loaded strictly
-            into the encoder when ``pretrained``. A missing file or a mismatching architecture is an error
-            naming the file and the keys.
         freeze_encoder: keep the encoder's weights fixed (only the decoder learns; the segmentation analogue of
             linear probing, DAGMaN sec. 4.6 "LP"); the frozen encoder also stays in eval mode (no drop path)
             (False: full fine-tuning, papers' "FT").
+        encoder_args: the architecture of a bare state dict at ``encoder`` (older files); a self-describing
+            file ignores them.
+        drop_path_rate: stochastic depth in the encoder while fine-tuning (None: 0.0, as MONAI ``SwinUNETR``) **[choice]**.
+        use_checkpoint: gradient checkpointing in the Swin blocks (MONAI's option), for large crops (None: off).
 
     Input (B, in_channels, H, W, D) with every spatial size a multiple of ``min_input_multiple`` (32) and at
     least ``min_input_size`` (64: the decoder's instance norm needs more than one voxel at stride 32);
@@ -60,46 +51,21 @@ class SASwinUNETR(nn.Module):
 
     def __init__(
         self,
-        in_channels: int = 1,
+        encoder: SASwinEncoder | str | Path | Mapping[str, Any] | None = None,
         out_channels: int = 2,
-        feature_size: int = 48,
-        patch_size: int = 2,
-        window_size: int = 4,
-        depths: Sequence[int] = (2, 2, 8, 2),
-        num_heads: Sequence[int] = (4, 4, 8, 16),
-        drop_path_rate: float = 0.0,
-        sa_stage: int = 3,
-        use_semantic_attention: bool = True,
-        sa_depth: int = 2,
-        sa_layer_scale_init: float = 0.1,
-        sa_inline: bool = True,
         norm_name: tuple | str = "instance",
-        use_checkpoint: bool = False,
-        pretrained: bool = False,
-        pretrained_path: str | Path | None = None,
         freeze_encoder: bool = False,
+        encoder_args: Mapping[str, Any] | None = None,
+        drop_path_rate: float | None = None,
+        use_checkpoint: bool | None = None,
     ) -> None:
         super().__init__()
         if out_channels < 1:
             raise ValueError(f"out_channels must be >= 1, got {out_channels}.")
-        self.in_channels = in_channels
         self.out_channels = out_channels
         self.freeze_encoder = as_bool(freeze_encoder, "freeze_encoder")
-        self.encoder = SASwinEncoder(
-            in_channels=in_channels,
-            feature_size=feature_size,
-            patch_size=patch_size,
-            window_size=window_size,
-            depths=depths,
-            num_heads=num_heads,
-            drop_path_rate=drop_path_rate,
-            sa_stage=sa_stage,
-            use_semantic_attention=use_semantic_attention,
-            sa_depth=sa_depth,
-            sa_layer_scale_init=sa_layer_scale_init,
-            sa_inline=sa_inline,
-            use_checkpoint=use_checkpoint,
-        )
+        self.encoder = make_encoder(encoder, encoder_args, drop_path_rate=drop_path_rate, use_checkpoint=use_checkpoint)
+        self.in_channels = in_channels = self.encoder.in_channels
 
         def skip_block(channels_in: int, channels_out: int) -> UnetrBasicBlock:
             return UnetrBasicBlock(3, channels_in, channels_out, kernel_size=3, stride=1, norm_name=norm_name,
@@ -109,7 +75,7 @@ class SASwinUNETR(nn.Module):
             return UnetrUpBlock(3, channels_in, channels_out, kernel_size=3, upsample_kernel_size=2,
                                 norm_name=norm_name, res_block=True)
 
-        f = feature_size
+        f = self.encoder.feature_size
         # the layout and attribute names of monai.networks.nets.SwinUNETR's decoder
         self.encoder1 = skip_block(in_channels, f)
         self.encoder2 = skip_block(f, f)
@@ -123,11 +89,9 @@ class SASwinUNETR(nn.Module):
         self.decoder1 = up_block(f, f)
         self.out = UnetOutBlock(3, in_channels=f, out_channels=out_channels)
 
-        if as_bool(pretrained, "pretrained"):
-            self.load_pretrained_encoder(pretrained_path)
-        if freeze_encoder:
-            if not as_bool(pretrained, "pretrained"):
-                logger.warning("freeze_encoder=True with pretrained=False: the encoder stays at its random init.")
+        if self.freeze_encoder:
+            if encoder is None or isinstance(encoder, Mapping):
+                logger.warning("freeze_encoder=True with an encoder built from scratch: it stays at its random init.")
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
@@ -140,20 +104,6 @@ class SASwinUNETR(nn.Module):
     def min_input_size(self) -> int:
         """Smallest spatial size per axis (64 with ``patch_size=2``): two voxels at the deepest stage."""
         return 2 * self.encoder.min_input_multiple
-
-    def load_pretrained_encoder(self, path: str | Path | None) -> SASwinUNETR:
-        """Load a pretrain-bundle encoder checkpoint strictly into ``encoder``; the decoder is untouched.
-
-        Raises:
-            FileNotFoundError: ``path`` does not exist (the message says how to make it or go without).
-            ValueError: ``path`` is None, or the checkpoint does not match the encoder (missing, unexpected
-                and mis-shaped keys named).
-        """
-        if path is None:
-            raise ValueError("pretrained=True needs pretrained_path (the pretrain bundle's models/model.pt).")
-        load_encoder_state_dict(self.encoder, path, strict=True)
-        logger.info(f"loaded the pretrained encoder from {path}")
-        return self
 
     def train(self, mode: bool = True) -> SASwinUNETR:
         """As ``nn.Module.train``, but a frozen encoder always stays in eval mode."""

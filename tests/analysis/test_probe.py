@@ -29,7 +29,7 @@ from dagman_components.analysis.probe import (
     probe_baselines,
     run_probe,
 )
-from dagman_components.networks import SASwinEncoder
+from dagman_components.networks import SASwinEncoder, encoder_args_with_defaults, save_encoder
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "real"
@@ -219,7 +219,7 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
 def test_encoder_arguments_from_config_files(tmp_path):
     train = REPO / "bundles" / "pretrain" / "configs" / "train.yaml"
     kwargs = encoder_kwargs_from_config(train)
-    assert {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()} == DEFAULT_ENCODER_KWARGS
+    assert encoder_args_with_defaults(**kwargs) == DEFAULT_ENCODER_KWARGS
     layer = tmp_path / "bigger.yaml"
     layer.write_text("feature_size: 24\ndepths: [1, 1, 1, 1]\n")
     layered = encoder_kwargs_from_config([train, layer])
@@ -232,8 +232,14 @@ def test_encoder_arguments_from_config_files(tmp_path):
     soft = tmp_path / "soft.yaml"
     soft.write_text("hu_range: [-175, 250]\n")
     assert preprocessing_from_config([train, soft])["hu_range"] == [-175.0, 250.0]
-    # and the architecture read back from a built encoder rebuilds it
+    # and the architecture a built encoder records rebuilds it
     assert SASwinEncoder(**encoder_kwargs_from_encoder(encoder)).state_dict().keys() == encoder.state_dict().keys()
+    # an encoder file carries its architecture: the config's is not needed, and a contradicting argument is an error
+    path = save_encoder(encoder, tmp_path / "model.pt")
+    rebuilt, used = build_encoder(path)
+    assert used == encoder.encoder_args and rebuilt.feature_size == 24
+    with pytest.raises(ValueError, match="other architecture arguments.*feature_size=24 vs 12"):
+        build_encoder(path, {"feature_size": 12})
 
 
 def test_bad_inputs_name_the_files(tmp_path, tiny_model, data_root):

@@ -60,16 +60,14 @@ def bundle_copy(tmp_path):
 
 @pytest.fixture(scope="session")
 def tiny_pretrained_encoder(tmp_path_factory) -> Path:
-    """A ``model.pt`` as ``bundles/pretrain`` writes it (student encoder CPU state dict) at feature_size 12.
+    """A ``model.pt`` as ``bundles/pretrain`` writes it (weights + architecture, ``save_encoder``) at feature_size 12.
 
     Seeded random weights: downstream bundle tests need the file's format and key names, not a
     trained encoder, and building it takes a second instead of a pretraining run.
     """
     import torch
 
-    from dagman_components.networks import SASwinEncoder
+    from dagman_components.networks import SASwinEncoder, save_encoder
 
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("pretrained") / "model.pt"
-    torch.save(SASwinEncoder(feature_size=12).state_dict(), path)
-    return path
+    return save_encoder(SASwinEncoder(feature_size=12), tmp_path_factory.mktemp("pretrained") / "model.pt")

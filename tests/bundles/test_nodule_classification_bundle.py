@@ -54,7 +54,7 @@ def test_train_from_the_parent_folder_writes_a_cpu_model_into_the_bundle(trained
     assert "val_auc" in log and "val_sensitivity" in log and "Epoch: 1/1" in log
     state = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert all(v.device.type == "cpu" for v in state.values())
-    SAClassifier(feature_size=12).load_state_dict(state)  # a plain state dict of the classifier
+    SAClassifier({"feature_size": 12}).load_state_dict(state)  # a plain state dict of the classifier
     assert (bundle / "data" / "phantom" / "nodules.json").is_file() and any((bundle / "logs").iterdir())
     assert not (bundle.parent / "models").exists() and not (bundle.parent / "data").exists()
 
@@ -65,8 +65,11 @@ def test_properties_defaults_and_splits(trained, tiny_pretrained_encoder):
     assert wf.check_properties() == []
     parser = wf.parser
     for key, value in {"mode": "finetune", "feature": "cls", "num_folds": 3, "fold": 0, "lr": 2e-4,
-                       "feature_size": 12, "pretrained": True, "num_classes": 1}.items():
+                       "pretrained": True, "num_classes": 1}.items():
         assert parser[key] == value, key
+    # the encoder is named by its checkpoint only: the architecture comes from the file
+    assert parser.get_parsed_content("encoder") == str(tiny_pretrained_encoder)
+    assert parser.get_parsed_content("network_def").encoder.feature_size == 12
     train, val = parser.get_parsed_content("split")
     assert not {i["patient_id"] for i in train} & {i["patient_id"] for i in val}  # grouped by patient
     few = parser.get_parsed_content("train_data")
@@ -77,9 +80,10 @@ def test_properties_defaults_and_splits(trained, tiny_pretrained_encoder):
     assert type(first).__name__ == "LoadImaged" and list(first.keys) == ["image"]
 
 
-def test_evaluate_writes_metrics_that_match_scikit_learn(trained):
+def test_evaluate_writes_metrics_that_match_scikit_learn(trained, tiny_pretrained_encoder):
     bundle, _ = trained
-    wf = workflow(bundle, ("train.yaml", "evaluate.yaml"), **TINY)
+    # the overrides of training: the encoder's architecture is read from its checkpoint (not its weights)
+    wf = workflow(bundle, ("train.yaml", "evaluate.yaml"), **TINY, pretrained_path=str(tiny_pretrained_encoder))
     assert wf.check_properties() == []
     wf.run()
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())
@@ -122,7 +126,7 @@ def test_verify_net_in_out_and_torchscript_export(trained, tmp_path):
                 meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.yaml"),
                 bundle_root=str(bundle), use_trace=True, input_shape=[1, 1, 32, 32, 32])
     scripted = torch.jit.load(str(exported))
-    eager = SAClassifier(feature_size=12).eval()
+    eager = SAClassifier({"feature_size": 12}).eval()
     eager.load_state_dict(torch.load(bundle / "models" / "model.pt", weights_only=True))
     x = torch.rand(2, 1, 32, 32, 32)
     with torch.no_grad():

@@ -67,9 +67,9 @@ def test_properties_and_defaults(trained, tiny_pretrained_encoder):
     assert workflow(bundle, ("inference.yaml",), workflow_type="infer").check_properties() == []
 
 
-def test_evaluate_and_inference(trained, tmp_path):
+def test_evaluate_and_inference(trained, tmp_path, tiny_pretrained_encoder):
     bundle, _ = trained
-    wf = workflow(bundle, ("train.yaml", "evaluate.yaml"), **TINY)
+    wf = workflow(bundle, ("train.yaml", "evaluate.yaml"), **TINY, pretrained_path=str(tiny_pretrained_encoder))
     assert wf.check_properties() == []
     wf.run()
     metrics = json.loads((bundle / "eval" / "metrics.json").read_text())

@@ -20,6 +20,8 @@ from monai.bundle import ConfigParser, ckpt_export, verify_net_in_out
 from monai.handlers import HausdorffDistance, MeanDice
 from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
+from dagman_components.networks import read_encoder_file
+
 from .conftest import BUNDLES, cli_overrides
 from .conftest import bundle_workflow as workflow
 
@@ -67,7 +69,7 @@ def trained(tmp_path_factory, tiny_pretrained_encoder) -> Path:
 def test_training_writes_a_cpu_state_dict(trained, tiny_pretrained_encoder):
     state = torch.load(trained / "models" / "model.pt", weights_only=True)
     assert all(v.device.type == "cpu" for v in state.values())
-    encoder = torch.load(tiny_pretrained_encoder, weights_only=True)
+    _, encoder = read_encoder_file(tiny_pretrained_encoder)
     assert set(encoder) == {k[len("encoder."):] for k in state if k.startswith("encoder.")}
     assert {"decoder1.conv_block.conv1.conv.weight", "out.conv.conv.weight"} <= set(state)
     assert (trained / "data" / "phantom" / "dataset.json").is_file()
@@ -83,8 +85,9 @@ def test_defaults_and_few_shot_split(trained):
     assert {"image", "label", "nodules"} <= set(train[0])
 
 
-def test_evaluate_writes_dice_and_hd95(trained):
-    wf = workflow(trained, configs=("train", "evaluate"), **TINY)
+def test_evaluate_writes_dice_and_hd95(trained, tiny_pretrained_encoder):
+    # the overrides of training: the encoder's architecture is read from its checkpoint (not its weights)
+    wf = workflow(trained, configs=("train", "evaluate"), pretrained_path=str(tiny_pretrained_encoder), **TINY)
     assert wf.check_properties() == []
     wf.run()
     summary = json.loads((trained / "eval" / "metrics.json").read_text())
@@ -193,9 +196,9 @@ def test_bad_inputs_are_named(trained, tmp_path, tiny_pretrained_encoder):
 
     # a pretrained checkpoint of another architecture
     other = tmp_path / "other.pt"
-    state = torch.load(tiny_pretrained_encoder, weights_only=True)
+    _, state = read_encoder_file(tiny_pretrained_encoder)
     state["extra.weight"] = torch.zeros(1)
-    torch.save(state, other)
+    torch.save(state, other)  # a bare state dict: encoder_args (the pretrain bundle's default) is its architecture
     wf = workflow(trained, pretrained_path=str(other))
     with pytest.raises(Exception) as info:
         wf.parser.get_parsed_content("network_def")

@@ -15,7 +15,7 @@ from dagman_components.engines import (
 )
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import attention_guided_mask
-from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder
+from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder, read_encoder_file
 
 ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 tokens
 
@@ -24,8 +24,8 @@ def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=Tru
                  use_checkpoint=False, **kwargs):
     torch.manual_seed(0)
     encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1, use_checkpoint=use_checkpoint)
-    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, aitd_head=use_sa)
     loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=2)
+    model = DAGMaNPretrainModel(encoder, loss, hidden_dim=32, bottleneck_dim=16)
     data = [{"view_1": torch.rand(2, 1, ROI, ROI, ROI), "view_2": torch.rand(2, 1, ROI, ROI, ROI)} for _ in range(n_batches)]
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
     return CoDistillationTrainer(
@@ -163,7 +163,7 @@ def test_non_finite_loss_stops_without_touching_the_checkpoint(tmp_path):
         trainer.run()
     assert "amip=nan" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_1.pt", "model.pt"]
-    saved = torch.load(tmp_path / "model.pt")
+    _, saved = read_encoder_file(tmp_path / "model.pt")
     assert all(torch.isfinite(v).all() for v in saved.values() if v.is_floating_point())
 
 
@@ -246,14 +246,19 @@ def test_model_pt_is_the_chosen_side_and_snapshots_keep_both(tmp_path):
     trainer.run()
     assert {p.name for p in tmp_path.glob("*_epoch*.pt")} == {"model_epoch0.pt", "model_epoch2.pt",
                                                               "student_epoch0.pt", "student_epoch2.pt"}
-    model = torch.load(tmp_path / "model.pt")
+    def load(name):
+        return read_encoder_file(tmp_path / name)[1]
+
+    model = load("model.pt")
+    # the files describe themselves: weights, the encoder's architecture and the package version
+    assert torch.load(tmp_path / "model.pt")["encoder_args"] == teacher.encoder.encoder_args
     # model.pt is the EMA teacher's encoder, which differs from the trained student's
     assert all(torch.equal(model[k], v) for k, v in teacher.encoder.state_dict().items())
-    assert torch.equal(torch.load(tmp_path / "student_epoch2.pt")["swinViT.patch_embed.proj.weight"],
+    assert torch.equal(load("student_epoch2.pt")["swinViT.patch_embed.proj.weight"],
                        student.encoder.swinViT.patch_embed.proj.weight)
     assert not torch.equal(model["swinViT.patch_embed.proj.weight"], student.encoder.swinViT.patch_embed.proj.weight)
     # at epoch 0 both sides are the same init
-    init_model, init_student = torch.load(tmp_path / "model_epoch0.pt"), torch.load(tmp_path / "student_epoch0.pt")
+    init_model, init_student = load("model_epoch0.pt"), load("student_epoch0.pt")
     assert all(torch.equal(init_model[k], init_student[k]) for k in init_model)
     with pytest.raises(ValueError, match="model_encoder"):
         select_encoder(student, teacher, "ema")
@@ -281,11 +286,9 @@ def _variant_trainer(head_input_norm="batch", use_sa=True, weights=None, ampd_to
     torch.manual_seed(0)
     encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), use_semantic_attention=use_sa,
                             drop_path_rate=0.1)
-    model = DAGMaNPretrainModel(encoder, out_dim=64, hidden_dim=32, bottleneck_dim=16, ampd_tokens=ampd_tokens,
-                                head_input_norm=head_input_norm, ampd_head=weights["ampd_weight"] > 0,
-                                aitd_head=weights["aitd_weight"] > 0, gitd_head=weights["gitd_weight"] > 0,
-                                amip_head=weights.get("amip_weight", 1.0) > 0)
     loss = DAGMaNLoss(out_dim=64, warmup_teacher_temp_epochs=1, teacher_temp=0.04, **weights)
+    model = DAGMaNPretrainModel(encoder, loss, hidden_dim=32, bottleneck_dim=16, ampd_tokens=ampd_tokens,
+                                head_input_norm=head_input_norm)
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
     return CoDistillationTrainer("cpu", max_epochs, _blob_batches(n_batches, batch), model, optimizer, loss,
                                  masking="attention_high" if use_sa else "random", freeze_last_layer_epochs=0, **kwargs)
@@ -337,7 +340,7 @@ def test_a_short_run_gives_each_sample_its_own_distillation_target():
 
 def test_parameter_groups_scale_the_encoder_lr_and_keep_two_groups_by_default():
     encoder = SASwinEncoder(feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
-    model = DAGMaNPretrainModel(encoder, out_dim=16, hidden_dim=8, bottleneck_dim=8)
+    model = DAGMaNPretrainModel(encoder, DAGMaNLoss(out_dim=16), hidden_dim=8, bottleneck_dim=8)
     names = {id(p): n for n, p in model.named_parameters()}
     default = parameter_groups(model, 0.05)
     assert [g["weight_decay"] for g in default] == [0.05, 0.0] and all("lr" not in g for g in default)

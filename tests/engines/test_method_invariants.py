@@ -6,8 +6,8 @@ axes, and which tokens/voxels AMPD and AMIP see.
 """
 
 import pytest
-from ignite.engine import Events
 import torch
+from ignite.engine import Events
 
 from dagman_components.engines import CoDistillationTrainer, ema_momentum, parameter_groups
 from dagman_components.losses import DAGMaNLoss, HeadOutputs
@@ -25,8 +25,8 @@ def tiny_encoder(**kwargs):
 
 def tiny_trainer(n_batches=1, max_epochs=1, **kwargs):
     encoder = tiny_encoder()
-    model = DAGMaNPretrainModel(encoder, out_dim=32, hidden_dim=16, bottleneck_dim=8, head_input_norm="batch")
     loss = DAGMaNLoss(out_dim=32, warmup_teacher_temp_epochs=1)
+    model = DAGMaNPretrainModel(encoder, loss, hidden_dim=16, bottleneck_dim=8, head_input_norm="batch")
     g = torch.Generator().manual_seed(0)
     data = [{k: torch.rand(2, 1, *SHAPE, generator=g) for k in ("view_1", "view_2")} for _ in range(n_batches)]
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)

@@ -19,6 +19,7 @@ from dagman_components.experiments.ablation import (
     write_report,
     write_result,
 )
+from dagman_components.networks import read_encoder_file
 
 # every size knob at its smallest: 2 phantoms, 32^3 crops, one epoch, tiny heads and evaluation sets
 TINY = AblationBudget(
@@ -223,10 +224,10 @@ def test_tiny_suite_end_to_end(tmp_path):
     # the untrained control holds exactly the weights the pretrained encoder started from
     control = abl.pretrain("DAGMaN, untrained", 0, work_paths, TINY, work_paths.data / "pretrain_datalist.json", False)
     assert control["metrics"]["iterations"] == 0 and control["metrics"]["encoder_drift"] == 0.0
-    untrained = torch.load(work_paths.encoder("DAGMaN, untrained", 0), weights_only=True)
+    untrained = read_encoder_file(work_paths.encoder("DAGMaN, untrained", 0))[1]  # self-describing, as the bundle writes
     initial = abl.initial_encoder_state("DAGMaN", 0, work_paths, TINY)
     assert untrained.keys() == initial.keys() and all(torch.equal(untrained[k], initial[k]) for k in initial)
-    trained = torch.load(work_paths.encoder("DAGMaN", 0), weights_only=True)
+    trained = read_encoder_file(work_paths.encoder("DAGMaN", 0))[1]
     assert abl.relative_change(trained, untrained) == pytest.approx(records[("DAGMaN", "pretrain")]["metrics"]["encoder_drift"], rel=1e-6)
     text = files["markdown"].read_text()
     assert "Pretraining moved the encoder weights by" in text

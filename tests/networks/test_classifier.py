@@ -9,7 +9,9 @@ from dagman_components.networks import (
     BinaryClassificationLoss,
     SAClassifier,
     SASwinEncoder,
+    read_encoder_file,
     save_cpu_state_dict,
+    save_encoder,
 )
 
 TINY = {"feature_size": 12}
@@ -17,10 +19,9 @@ TINY = {"feature_size": 12}
 
 @pytest.fixture(scope="module")
 def encoder_file(tmp_path_factory):
+    """A self-describing encoder file, as the pretrain bundle writes it."""
     torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("encoder") / "model.pt"
-    torch.save(SASwinEncoder(**TINY).state_dict(), path)
-    return path
+    return save_encoder(SASwinEncoder(**TINY), tmp_path_factory.mktemp("encoder") / "model.pt")
 
 
 @pytest.mark.parametrize(
@@ -28,7 +29,7 @@ def encoder_file(tmp_path_factory):
 )
 def test_output_is_logits_of_the_chosen_feature(feature, num_classes, in_features):
     torch.manual_seed(0)
-    model = SAClassifier(num_classes=num_classes, feature=feature, **TINY).eval()
+    model = SAClassifier(TINY, num_classes=num_classes, feature=feature).eval()
     x = torch.rand(2, 1, 32, 32, 64)
     logits = model(x)
     assert logits.shape == (2, num_classes)
@@ -40,17 +41,19 @@ def test_output_is_logits_of_the_chosen_feature(feature, num_classes, in_feature
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="feature"):
-        SAClassifier(feature="mean", **TINY)
+        SAClassifier(TINY, feature="mean")
     with pytest.raises(ValueError, match="mode"):
-        SAClassifier(mode="probe", **TINY)
+        SAClassifier(TINY, mode="probe")
     with pytest.raises(ValueError, match="use_semantic_attention"):
-        SAClassifier(feature="cls", use_semantic_attention=False, **TINY)
+        SAClassifier({**TINY, "use_semantic_attention": False}, feature="cls")
     with pytest.raises(ValueError, match="multiples of 32"):
-        SAClassifier(**TINY)(torch.rand(1, 1, 32, 32, 40))
+        SAClassifier(TINY)(torch.rand(1, 1, 32, 32, 40))
+    with pytest.raises(ValueError, match="already built"):
+        SAClassifier(SASwinEncoder(**TINY), drop_path_rate=0.1)
 
 
 def test_linear_probe_trains_only_one_linear_layer_on_a_frozen_eval_encoder(encoder_file):
-    model = SAClassifier(mode="linear_probe", pretrained=True, pretrained_path=encoder_file, drop_path_rate=0.5, **TINY)
+    model = SAClassifier(encoder_file, mode="linear_probe", drop_path_rate=0.5)
     model.train()
     assert isinstance(model.head, torch.nn.Linear)
     assert not model.encoder.training and model.head.training
@@ -65,7 +68,7 @@ def test_linear_probe_trains_only_one_linear_layer_on_a_frozen_eval_encoder(enco
 
 def test_finetune_trains_encoder_and_head():
     torch.manual_seed(0)
-    model = SAClassifier(**TINY).train()
+    model = SAClassifier(TINY).train()
     assert isinstance(model.head[0], torch.nn.LayerNorm)
     model(torch.rand(2, 1, 32, 32, 32)).sum().backward()
     assert model.encoder.semantic_attention.cls_token.grad is not None
@@ -73,34 +76,48 @@ def test_finetune_trains_encoder_and_head():
 
 
 def test_pretrained_weights_are_loaded(encoder_file):
-    model = SAClassifier(pretrained=True, pretrained_path=encoder_file, **TINY)
-    saved = torch.load(encoder_file, weights_only=True)
+    model = SAClassifier(encoder_file)  # the file says feature_size 12: no architecture argument needed
+    assert model.encoder.feature_size == 12 and model.head[-1].in_features == 96
+    _, saved = read_encoder_file(encoder_file)
     for key, value in model.encoder.state_dict().items():
         torch.testing.assert_close(value, saved[key])
-    # "false" as typed on a command line (python -m monai.bundle run --pretrained false) means from scratch
-    scratch = SAClassifier(pretrained="false", pretrained_path=encoder_file, **TINY)
+    scratch = SAClassifier(TINY)
     assert not torch.equal(scratch.encoder.semantic_attention.cls_token, saved["semantic_attention.cls_token"])
+    built = SASwinEncoder.from_pretrained(encoder_file)
+    assert SAClassifier(built).encoder is built
+
+
+def test_the_encoder_file_decides_the_architecture(tmp_path):
+    torch.manual_seed(0)
+    wider = save_encoder(SASwinEncoder(feature_size=24, use_semantic_attention=False), tmp_path / "wider.pt")
+    model = SAClassifier(str(wider), feature="pooled", encoder_args=TINY)  # encoder_args: only for bare files
+    assert model.encoder.feature_size == 24 and model.encoder.semantic_attention is None
+    assert model.head[-1].in_features == 24 * 16
 
 
 def test_missing_pretrained_file_gives_a_hint(tmp_path):
     missing = tmp_path / "pretrain" / "models" / "model.pt"
     with pytest.raises(FileNotFoundError, match="Run bundles/pretrain first") as error:
-        SAClassifier(pretrained=True, pretrained_path=missing, **TINY)
+        SAClassifier(missing)
     assert str(missing) in str(error.value) and "--pretrained false" in str(error.value)
 
 
 def test_mismatched_pretrained_checkpoint_names_file_and_keys(tmp_path):
     path = tmp_path / "other.pt"
-    torch.save(SASwinEncoder(feature_size=24).state_dict(), path)
+    torch.save(SASwinEncoder(feature_size=24).state_dict(), path)  # a bare state dict: no architecture in it
     with pytest.raises(ValueError, match="shape mismatches") as error:
-        SAClassifier(pretrained=True, pretrained_path=path, **TINY)
+        SAClassifier(path, encoder_args=TINY)
     assert str(path) in str(error.value)
     assert "mask_token: checkpoint (1, 24, 1, 1, 1) vs model (1, 12, 1, 1, 1)" in str(error.value)
+    with pytest.raises(ValueError, match="bare state dict.*Pass the arguments it was built with") as error:
+        SAClassifier(path)
+    assert str(path) in str(error.value)
+    assert SAClassifier(path, encoder_args={"feature_size": 24}).encoder.feature_size == 24
 
 
 def test_attention_aligned_with_input_and_same_logits():
     torch.manual_seed(0)
-    model = SAClassifier(**TINY).eval()
+    model = SAClassifier(TINY).eval()
     x = torch.rand(2, 1, 32, 64, 32)
     out = model.predict_with_attention(x)
     torch.testing.assert_close(out["logits"], model(x))
@@ -130,7 +147,7 @@ def test_loss_matches_torch_for_one_and_two_logits():
 
 def test_traced_model_predicts_as_eager():
     torch.manual_seed(0)
-    model = SAClassifier(**TINY).eval()
+    model = SAClassifier(TINY).eval()
     with torch.no_grad():
         traced = torch.jit.trace(model, torch.rand(1, 1, 32, 32, 32))
         other = torch.rand(1, 1, 32, 32, 32)

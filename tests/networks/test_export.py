@@ -49,7 +49,7 @@ def test_without_prefix_loads_into_swin_vit(tmp_path):
 
 
 def test_errors_name_the_problem(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run bundles/pretrain first"):
+    with pytest.raises(FileNotFoundError, match="Run bundles/pretrain first"):
         export_swin_unetr_weights(tmp_path / "absent.pt", tmp_path / "out.pt")
     with pytest.raises(ValueError, match=r"swinViT\.patch_embed\.proj\.weight"):
         swin_unetr_arguments({"swinViT.layers1.0.blocks.0.norm1.weight": torch.ones(3)})

@@ -3,6 +3,13 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 from dagman_components.networks import SASwinEncoder, load_encoder_state_dict, swin_unetr_state_dict
+from dagman_components.networks.sa_swin import (
+    BUNDLE_ENCODER_ARGS,
+    encoder_source,
+    make_encoder,
+    read_encoder_file,
+    save_encoder,
+)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +118,70 @@ def test_save_load_roundtrip_and_mismatch_errors(tmp_path, encoder):
         SASwinEncoder(feature_size=12).load_pretrained(tmp_path / "nowhere.pt")
     missing, unexpected = load_encoder_state_dict(SASwinEncoder(feature_size=12, use_semantic_attention=False), path, strict=False)
     assert not missing and unexpected and all(k.startswith("semantic_attention") for k in unexpected)
+
+
+def test_the_encoder_file_carries_weights_architecture_and_version(tmp_path):
+    torch.manual_seed(0)
+    original = SASwinEncoder(feature_size=24, depths=(2, 2, 2, 2), sa_stage=2, sa_inline=False, drop_path_rate=0.1)
+    path = save_encoder(original, tmp_path / "model.pt")
+    stored = torch.load(path, weights_only=True)
+    assert stored["format"] == "dagman-encoder" and stored["format_version"] == 1 and stored["package_version"]
+    assert stored["encoder_args"]["feature_size"] == 24 and stored["encoder_args"]["depths"] == [2, 2, 2, 2]
+    assert "drop_path_rate" not in stored["encoder_args"]  # a training option: each user sets its own
+    rebuilt = SASwinEncoder.from_pretrained(path)  # no argument: the file says which encoder it is
+    assert rebuilt.encoder_args == original.encoder_args and rebuilt.sa_stage == 2 and not rebuilt.sa_inline
+    for k, v in original.state_dict().items():
+        assert torch.equal(v, rebuilt.state_dict()[k]), k
+    x = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt.eval()(x).satt, original.eval()(x).satt)
+    # overrides: training options apply, architecture arguments must agree with the file
+    options = SASwinEncoder.from_pretrained(path, drop_path_rate=0.3, use_checkpoint=True, feature_size=24)
+    assert options.swinViT.layers1[0].use_checkpoint and options.encoder_args == original.encoder_args
+    assert options.swinViT.layers1[0].blocks[1].drop_path.drop_prob > 0
+    with pytest.raises(ValueError, match=r"model\.pt holds an encoder with other architecture arguments.*feature_size=24 vs 12"):
+        SASwinEncoder.from_pretrained(path, feature_size=12)
+    with pytest.raises(ValueError, match="unknown encoder arguments"):
+        SASwinEncoder.from_pretrained(path, feature_sise=24)
+    # an encoder built by hand with another forward than the file's is an error, not a silent load
+    with pytest.raises(ValueError, match="sa_inline=False vs True"):
+        SASwinEncoder(feature_size=24, depths=(2, 2, 2, 2), sa_stage=2).load_pretrained(path)
+
+
+def test_bare_state_dicts_load_with_explicit_arguments(tmp_path, encoder):
+    path = tmp_path / "bare.pt"
+    torch.save(encoder.state_dict(), path)
+    assert read_encoder_file(path)[0] is None
+    with pytest.raises(ValueError, match=r"bare\.pt is a bare state dict.*Pass the arguments it was built with"):
+        SASwinEncoder.from_pretrained(path)
+    with pytest.raises(ValueError, match=r"bare\.pt is a bare state dict"):
+        SASwinEncoder.from_pretrained(path, drop_path_rate=0.1)  # a training option says nothing of the architecture
+    loaded = SASwinEncoder.from_pretrained(path, feature_size=12)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in encoder.state_dict().items())
+    with pytest.raises(ValueError, match="shape mismatches"):
+        SASwinEncoder.from_pretrained(path, feature_size=24)
+    # MONAI SwinUNETR weights: the Swin part loads (strict=False) into an encoder of the same size
+    unetr = SwinUNETR(in_channels=1, out_channels=2, feature_size=12)
+    torch.save(unetr.state_dict(), tmp_path / "swin_unetr.pt")
+    from_monai = SASwinEncoder.from_pretrained(tmp_path / "swin_unetr.pt", strict=False, feature_size=12)
+    assert torch.equal(from_monai.swinViT.layers2[0].blocks[0].attn.qkv.weight,
+                       unetr.swinViT.layers2[0].blocks[0].attn.qkv.weight)
+
+
+def test_make_encoder_and_encoder_source(tmp_path, encoder):
+    path = save_encoder(encoder, tmp_path / "model.pt")
+    assert make_encoder(encoder) is encoder
+    assert make_encoder(str(path)).encoder_args == encoder.encoder_args
+    assert make_encoder({"feature_size": 24}).feature_size == 24
+    assert make_encoder(None, {"feature_size": 24}, drop_path_rate=None).feature_size == 24
+    # command-line text: "--pretrained false" arrives as the string "false"
+    assert encoder_source("false", path, BUNDLE_ENCODER_ARGS) == BUNDLE_ENCODER_ARGS
+    assert encoder_source("true", path, BUNDLE_ENCODER_ARGS) == str(path)
+    assert encoder_source(True, path, {"feature_size": 48}, weights=False) == encoder.encoder_args
+    with pytest.raises(ValueError, match="pretrained must be true or false"):
+        encoder_source("maybe", path)
+    with pytest.raises(ValueError, match="needs pretrained_path"):
+        encoder_source(True, None)
 
 
 def test_swin_weights_load_into_monai_swin_unetr(encoder):
