@@ -25,7 +25,6 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
-from dagman_components.bundle_utils import as_bool, positive_int
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
@@ -43,6 +42,7 @@ from dagman_components.masking import (
     token_mask_to_voxels,
 )
 from dagman_components.networks import DAGMaNPretrainModel
+from dagman_components.options import as_bool, positive_int
 
 __all__ = ["CoDistillationTrainer", "MASKING_STRATEGIES", "SATT_SOURCES", "make_teacher", "mean_pairwise_cosine", "parameter_groups"]
 

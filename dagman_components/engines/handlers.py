@@ -19,8 +19,8 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
-from dagman_components.bundle_utils import as_bool
 from dagman_components.networks.sa_swin import state_dict_differences
+from dagman_components.options import as_bool
 
 __all__ = [
     "CollapseMonitor",

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.inferers import Inferer
 
-from dagman_components.bundle_utils import as_bool
 from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder, load_encoder_state_dict
+from dagman_components.options import as_bool
 
 __all__ = ["AttentionInferer", "BinaryClassificationLoss", "SAClassifier", "save_cpu_state_dict"]
 
