@@ -28,7 +28,7 @@ class Metric:
     scale_free: bool = True
 
 
-#: the papers' numbers (DESIGN.md section 4), on THEIR data: LIDC (nodules), OrganMNIST3D (organs), SMART's tumours.
+#: the papers' numbers (docs/design.md, section 4), on THEIR data: LIDC (nodules), OrganMNIST3D (organs), SMART's tumours.
 PAPER_RESULTS: dict[str, dict[str, str]] = {
     "ft_auc": {"DAGMaN": "0.895 (LIDC)", "SMIT": "0.859 (LIDC)"},
     "lp_auc": {"DAGMaN": "0.642 (LIDC)", "SMIT": "0.629 (LIDC)"},
