@@ -580,7 +580,7 @@ def main(
     probes) and ``threads`` (``torch.set_num_threads``; on a shared machine 1 thread keeps the rounds
     from waiting on each other's cores).
     """
-    from dagman_components.bundle_utils import as_bool
+    from dagman_components.options import as_bool
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     # the command line hands lowercase true/false over as strings

@@ -66,3 +66,11 @@ def test_resume_false_from_the_command_line_does_not_resume(tmp_path):
     from dagman_components.engines import PretrainCheckpoint
 
     assert PretrainCheckpoint(str(tmp_path), {}, encoder=torch.nn.Linear(1, 1), resume="false").resume is False
+
+
+def test_bundle_utils_re_exports_the_lower_layers_helpers():
+    from dagman_components import bundle_utils, options
+    from dagman_components.data import datalist
+
+    assert bundle_utils.as_bool is options.as_bool and bundle_utils.positive_int is options.positive_int
+    assert bundle_utils.prepare_dataset is datalist.prepare_dataset

@@ -1,5 +1,5 @@
 """
-Organ-clustering analysis of encoder features (DAGMaN Task 4 / SMART Task 1, DESIGN.md section 4).
+Organ-clustering analysis of encoder features (DAGMaN Task 4 / SMART Task 1, docs/design.md, section 4).
 
 The papers report, for features of the frozen pretrained encoder on OrganMNIST3D, an intra-cluster
 distance (mean Euclidean distance of samples to their class centroid) and an inter-cluster distance

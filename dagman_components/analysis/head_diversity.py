@@ -1,7 +1,7 @@
 """Attention head diversity of a pretrained encoder (DAGMaN Fig. 4a), per Swin stage and head.
 
 For every attention head the statistics of Xie et al. (CVPR 2023, "Revealing the dark secrets of MIM")
-are computed, with token positions in millimetres (DESIGN.md section 4):
+are computed, with token positions in millimetres (docs/design.md, section 4):
 
 - attention distance ``AD = mean_i sum_j A_ij ||p_i - p_j||``,
 - attention entropy ``H = mean_i -sum_j A_ij log A_ij`` (nats),

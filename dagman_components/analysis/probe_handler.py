@@ -32,7 +32,7 @@ from dagman_components.analysis.probe import (
     prepare_probe_data,
     probe_baselines,
 )
-from dagman_components.bundle_utils import as_bool
+from dagman_components.options import as_bool
 
 __all__ = ["ProbeHandler", "plot_probe_curve"]
 

@@ -34,7 +34,7 @@ from .classification import (
     load_classification_datalist,
     prepare_classification_data,
 )
-from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, validate_images
+from .datalist import DEFAULT_EXCLUDE, NIFTI_SUFFIXES, load_datalist, prepare_dataset, validate_images
 from .datasets import CACHE_MODES, pretrain_dataset
 from .organs import (
     ORGANMNIST3D_LABELS,
@@ -88,6 +88,7 @@ __all__ = [
     "generate_phantom_dataset",
     "kfold_split",
     "load_datalist",
+    "prepare_dataset",
     "make_phantom_volume",
     "pretrain_transforms",
     "subset_fraction",

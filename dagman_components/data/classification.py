@@ -47,7 +47,8 @@ from monai.transforms import (
     Transform,
 )
 
-from ..bundle_utils import as_bool
+from dagman_components.options import as_bool
+
 from .transforms import ct_preprocessing
 
 __all__ = [

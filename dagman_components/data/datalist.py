@@ -16,13 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import nibabel as nib
+import torch.distributed as dist
 from monai.data import load_decathlon_datalist
 
 from dagman_components.errors import BadImageError
 
 from .checks import READ_ERRORS, check_on_bad_image
+from .phantom import generate_phantom_dataset
 
-__all__ = ["NIFTI_SUFFIXES", "DEFAULT_EXCLUDE", "load_datalist", "validate_images"]
+__all__ = ["NIFTI_SUFFIXES", "DEFAULT_EXCLUDE", "load_datalist", "prepare_dataset", "validate_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -219,3 +221,41 @@ def _image_problem(path: str, min_spatial_dims: int) -> BadImageError | None:
             "after them (a time series or multi-channel image is not a single CT volume).",
         )
     return None
+
+
+def _is_rank_zero() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def prepare_dataset(
+    dataset_dir: str,
+    datalist: str | None = None,
+    phantom_dir: str | None = None,
+    phantom_volumes: int = 8,
+    phantom_shape: Sequence[int] = (112, 112, 96),
+    seed: int = 0,
+    data_list_key: str = "training",
+    on_error: str = "raise",
+) -> list[dict]:
+    """The training items of a bundle: the embedded phantom set, or the user's data.
+
+    When ``dataset_dir`` is the bundle's default ``phantom_dir`` and no ``datalist`` is given, the
+    synthetic phantom dataset is generated there once (rank 0 under DDP, the others wait) and its
+    datalist is used. Otherwise ``dataset_dir`` is a folder of NIfTI files or, with ``datalist``,
+    the base folder of a Decathlon-style JSON; a missing/empty folder or a corrupt/2D image is
+    an error naming it (``on_error="skip"`` logs a warning and drops bad images instead).
+    """
+    is_default = phantom_dir is not None and datalist is None and Path(dataset_dir).resolve() == Path(phantom_dir).resolve()
+    if is_default:
+        if _is_rank_zero():
+            datalist = str(
+                generate_phantom_dataset(phantom_dir, num_volumes=phantom_volumes, shape=tuple(phantom_shape), seed=seed)
+            )
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+        datalist = str(Path(phantom_dir) / "dataset.json")
+        logger.info(f"training on the embedded phantom dataset {datalist}")
+    items = load_datalist(dataset_dir=dataset_dir, datalist=datalist, data_list_key=data_list_key)
+    items = validate_images(items, on_error=on_error)
+    logger.info(f"{len(items)} training volumes from {datalist or dataset_dir}")
+    return items

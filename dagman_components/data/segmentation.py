@@ -22,7 +22,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Spacingd
 
 from .checks import file_name as _file_name
-from .datalist import validate_images
+from .datalist import prepare_dataset, validate_images
 
 __all__ = ["MetaSafeSpacingd", "SegmentationTargetd", "case_folder_datalist", "segmentation_datalist"]
 
@@ -195,15 +195,13 @@ def segmentation_datalist(
 
     With ``image_name`` and ``label_name``, ``dataset_dir`` is a folder of case folders
     (:py:func:`case_folder_datalist`). Otherwise the items come from
-    :py:func:`dagman_components.bundle_utils.prepare_dataset` (embedded phantoms, a Decathlon JSON ``datalist``,
+    :py:func:`~dagman_components.data.datalist.prepare_dataset` (embedded phantoms, a Decathlon JSON ``datalist``,
     or a folder scan) with ``prepare_kwargs`` passed on, and each item must have a ``"label"``.
 
     Raises:
         ValueError: an item without a label; an unreadable, corrupt or 2D image or label (the file is named).
         FileNotFoundError: a missing folder or file.
     """
-    from dagman_components.bundle_utils import prepare_dataset
-
     if image_name is not None and label_name is not None:
         items = validate_images(case_folder_datalist(dataset_dir, image_name, label_name), on_error=on_error)
     else:

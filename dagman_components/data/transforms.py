@@ -118,7 +118,7 @@ def ct_preprocessing(
     """
     Deterministic CT preprocessing: load, RAS, resample, HU window to [0, 1], crop to the body, pad.
 
-    Steps (DESIGN.md section 3, after SMIT and MONAI's SwinUNETR pretraining): ``LoadImaged`` (channel first,
+    Steps (docs/design.md, section 3, after SMIT and MONAI's SwinUNETR pretraining): ``LoadImaged`` (channel first,
     float32) -> ``Orientationd("RAS")`` -> ``Spacingd(spacing, bilinear)`` -> ``ScaleIntensityRanged``
     (``hu_range`` to [0, 1], clipped) -> ``CropForegroundd`` (bounding box of voxels above ``foreground_hu``,
     plus ``margin``) -> ``SpatialPadd(roi_size)`` (so any crop of ``roi_size`` fits; a warning names each
@@ -128,7 +128,7 @@ def ct_preprocessing(
         keys: image keys; the first one drives the foreground crop. Default ("image",).
         spacing: output voxel size in mm. Default (2.0, 2.0, 2.0) (papers).
         hu_range: HU window mapped to [0, 1]. Default (-1000.0, 1000.0): keeps lung (air to bone);
-            SMIT used (-175.0, 250.0) (DESIGN.md section 3, a choice).
+            SMIT used (-175.0, 250.0) (docs/design.md, section 3, a choice).
         roi_size: minimal output spatial size, the crop size of the views. Default (64, 64, 64).
         crop_foreground: crop to the body's bounding box. Default True.
         foreground_hu: HU above which a voxel is foreground (not air): -500 lies between air (-1000, plus
@@ -196,7 +196,7 @@ def two_view_crops(
     ``source_key`` is copied into each of ``view_keys`` (per iteration, see :py:class:`PerIterationCopyItemsd`),
     each view gets its own ``RandSpatialCropd(roi_size, random_size=False)``, and only the views are kept
     (``SelectItemsd``), so datalist extras of any shape (label paths, nodule records) never reach the collate. The views are independent uniform crops: they may or may not overlap
-    (DESIGN.md section 3, a choice; SMIT took two sub-crops of one larger crop).
+    (docs/design.md, section 3, a choice; SMIT took two sub-crops of one larger crop).
 
     Args:
         roi_size: spatial size of each view; the source must be at least this large (``ct_preprocessing`` pads).

@@ -25,7 +25,6 @@ from monai.engines import Trainer
 from monai.engines.utils import IterationEvents
 from torch.utils.data import DataLoader
 
-from dagman_components.bundle_utils import as_bool, positive_int
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
@@ -36,17 +35,17 @@ from dagman_components.engines.handlers import (
 )
 from dagman_components.losses import DAGMaNLoss
 from dagman_components.masking import (
-    attention_guided_mask,
-    block_mask,
+    MASKING_STRATEGIES,
+    MaskingStrategy,
+    build_masking,
     patch_dropout,
-    random_mask,
     token_mask_to_voxels,
 )
 from dagman_components.networks import DAGMaNPretrainModel
+from dagman_components.options import as_bool, positive_int
 
 __all__ = ["CoDistillationTrainer", "MASKING_STRATEGIES", "SATT_SOURCES", "make_teacher", "mean_pairwise_cosine", "parameter_groups"]
 
-MASKING_STRATEGIES = ("attention_high", "attention_low", "random", "block")
 #: which teacher pass gives the SATT of the student's mask: ``"clean"`` (a no-grad pass on the undropped
 #: views, so the mask follows the image) or ``"noisy"`` (the patch-dropped pass of the targets)
 SATT_SOURCES = ("clean", "noisy")
@@ -121,8 +120,11 @@ class CoDistillationTrainer(Trainer):
         optimizer: optimiser over the student's parameters.
         loss_function: ``DAGMaNLoss``.
         teacher: EMA teacher; None makes one with :func:`make_teacher`.
-        masking: one of ``MASKING_STRATEGIES`` (``attention_high``, papers).
-        mask_ratio: r (0.7). hint_ratio: s (0.1). hint_mode: ``random`` or ``top``.
+        masking: a :py:class:`~dagman_components.masking.MaskingStrategy`, or the name of a registered one
+            (``MASKING_STRATEGIES``: ``attention_high``, the papers', ``attention_low``, ``random``, ``block``),
+            built with ``mask_ratio``, ``hint_ratio`` and ``hint_mode`` (each strategy takes those it uses).
+        mask_ratio: r (0.7). hint_ratio: s (0.1). hint_mode: ``random`` or ``top``. Used only when ``masking`` is a
+            name; a strategy object carries its own.
         teacher_drop_ratio: patch dropout on the teacher's input (0.7, SMART Fig. 10; 0 = clean teacher).
         satt_source: ``"clean"`` (default) or ``"noisy"`` **[choice]**: the SATT of the student's mask from
             an extra no-grad teacher pass on the undropped views (AttMask takes it from a clean teacher;
@@ -142,8 +144,10 @@ class CoDistillationTrainer(Trainer):
             trains as the uninterrupted run. Default None (the random streams run on across epochs).
 
     Raises:
-        ValueError: an unknown ``masking``, ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive whole number;
-            a ``network`` whose heads are not those of ``loss_function``'s terms (see :meth:`DAGMaNLoss.check_model`).
+        ValueError: an unknown ``masking`` (the message lists the registered ones), a strategy that needs SATT with
+            an encoder without the SA module, an unknown ``satt_source`` or ``amp_dtype``; ``max_epochs`` not a positive
+            whole number; a ``network`` whose heads are not those of ``loss_function``'s terms (see
+            :meth:`DAGMaNLoss.check_model`).
     """
 
     def __init__(
@@ -155,7 +159,7 @@ class CoDistillationTrainer(Trainer):
         optimizer: torch.optim.Optimizer,
         loss_function: DAGMaNLoss,
         teacher: nn.Module | None = None,
-        masking: str = "attention_high",
+        masking: str | MaskingStrategy = "attention_high",
         mask_ratio: float = 0.7,
         hint_ratio: float = 0.1,
         hint_mode: str = "random",
@@ -174,11 +178,10 @@ class CoDistillationTrainer(Trainer):
         seed: int | None = None,
     ) -> None:
         max_epochs = positive_int(max_epochs, "max_epochs (the bundle's num_epochs)")
-        if masking not in MASKING_STRATEGIES:
-            raise ValueError(f"masking must be one of {MASKING_STRATEGIES}, got {masking!r} (the bundle's --masking).")
+        masking = build_masking(masking, mask_ratio=mask_ratio, hint_ratio=hint_ratio, hint_mode=hint_mode)
         student = unwrap(network)
-        if masking.startswith("attention") and student.encoder.semantic_attention is None:
-            raise ValueError(f"masking={masking!r} needs SATT: build the encoder with use_semantic_attention=True.")
+        if masking.needs_satt and student.encoder.semantic_attention is None:
+            raise ValueError(f"masking={masking.name!r} needs SATT: build the encoder with use_semantic_attention=True.")
         if satt_source not in SATT_SOURCES:
             raise ValueError(f"satt_source must be one of {SATT_SOURCES}, got {satt_source!r}.")
         if amp_dtype not in ("bfloat16", "float16"):
@@ -203,9 +206,6 @@ class CoDistillationTrainer(Trainer):
         self.optimizer = optimizer
         self.loss_function = loss_function.to(self.state.device)
         self.masking = masking
-        self.mask_ratio = mask_ratio
-        self.hint_ratio = hint_ratio
-        self.hint_mode = hint_mode
         self.teacher_drop_ratio = teacher_drop_ratio
         self.satt_source = satt_source
         self.clip_grad_norm = clip_grad_norm or None
@@ -251,14 +251,7 @@ class CoDistillationTrainer(Trainer):
         return torch.cat(views, dim=0)
 
     def _student_mask(self, teacher_satt: torch.Tensor | None, batch: int, grid: tuple[int, int, int]) -> torch.Tensor:
-        n_tokens = grid[0] * grid[1] * grid[2]
-        device = self.state.device
-        if self.masking.startswith("attention"):
-            mode = "high" if self.masking == "attention_high" else "low"
-            return attention_guided_mask(teacher_satt, self.mask_ratio, self.hint_ratio, mode, self.hint_mode, self.generator)
-        if self.masking == "random":
-            return random_mask(batch, n_tokens, self.mask_ratio, self.generator, device)
-        return block_mask(batch, grid, self.mask_ratio, generator=self.generator, device=device)
+        return self.masking(teacher_satt, batch, grid, generator=self.generator, device=self.state.device)
 
     def _iteration(self, engine: CoDistillationTrainer, batchdata: dict[str, Any]) -> dict[str, float]:
         images = engine._views(batchdata)
@@ -272,7 +265,7 @@ class CoDistillationTrainer(Trainer):
             noisy = engine.teacher_drop_ratio > 0
             teacher_encoded = teacher.encode(images, dropped if noisy else None)
             satt = teacher_encoded.satt
-            if noisy and engine.satt_source == "clean" and engine.masking.startswith("attention"):
+            if noisy and engine.satt_source == "clean" and engine.masking.needs_satt:
                 satt = teacher.encoder(images, None, stop_after_sa=True).satt
             student_mask = engine._student_mask(satt, batch, grid)
             teacher_heads = teacher.project(teacher_encoded, student_mask, reconstruct=False)

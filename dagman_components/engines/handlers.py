@@ -18,8 +18,8 @@ from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointLoader
 from monai.utils import set_determinism
 
-from dagman_components.bundle_utils import as_bool
 from dagman_components.networks.sa_swin import save_encoder, state_dict_differences
+from dagman_components.options import as_bool
 
 __all__ = [
     "CollapseMonitor",

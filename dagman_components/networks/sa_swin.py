@@ -25,10 +25,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
-from dagman_components.bundle_utils import as_bool
 from dagman_components.masking import upsample_token_mask
 from dagman_components.networks.fast_swin import swin_stage
 from dagman_components.networks.semantic_attention import SemanticAttention
+from dagman_components.options import as_bool
 
 __all__ = [
     "ARCHITECTURE_ARGS",

@@ -19,8 +19,8 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
 
-from dagman_components.bundle_utils import as_bool
 from dagman_components.networks.sa_swin import SASwinEncoder, make_encoder
+from dagman_components.options import as_bool
 
 __all__ = ["SASwinUNETR"]
 

@@ -29,21 +29,33 @@ def cli_overrides(overrides: dict) -> list[str]:
     return args
 
 
-def bundle_workflow(bundle: Path, configs=("train",), workflow_type: str = "train", **overrides):
-    """``ConfigWorkflow`` of a bundle copy's ``configs/<name>.yaml`` files (layered in order), initialised, no logging setup."""
+def bundle_workflow(bundle: Path, configs=("train",), workflow_type: str = "train", logging_file=False, **overrides):
+    """``ConfigWorkflow`` of a bundle copy's ``configs/<name>.yaml`` files (layered in order), initialised.
+
+    ``logging_file``: False (default) sets no logging up; a path configures logging from that file.
+    """
     from monai.bundle import ConfigWorkflow
 
     files = [str(bundle / "configs" / (c if c.endswith(".yaml") else f"{c}.yaml")) for c in configs]
     wf = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
+        logging_file=logging_file,
         workflow_type=workflow_type,
         bundle_root=str(bundle),
         **overrides,
     )
     wf.initialize()
     return wf
+
+
+def error_chain(exc: BaseException) -> str:
+    """Messages of an exception and its causes (MONAI wraps errors raised inside config expressions)."""
+    text = []
+    while exc is not None:
+        text.append(f"{type(exc).__name__}: {exc}")
+        exc = exc.__cause__ or exc.__context__
+    return "\n".join(text)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Model-zoo conventions every bundle under ``bundles/`` must meet (BUNDLES.md), checked with MONAI's own tools."""
+"""Model-zoo conventions every bundle under ``bundles/`` must meet (docs/bundles.md), checked with MONAI's own tools."""
 
 import json
 import shutil

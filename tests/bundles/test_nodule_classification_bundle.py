@@ -15,22 +15,13 @@ from dagman_components.metrics import binary_classification_metrics
 from dagman_components.networks import SAClassifier
 
 from .conftest import bundle_workflow as workflow
-from .conftest import cli_overrides
+from .conftest import cli_overrides, error_chain
 
 pytestmark = pytest.mark.slow
 
 NAME = "nodule_classification"
 # 3 phantom volumes -> 12 nodules (6 malignant) -> 8 training and 4 validation crops in fold 0
 TINY = {"phantom::num_volumes": 3, "num_epochs": 1, "batch_size": 4, "augment": False}
-
-
-def error_chain(exc: BaseException) -> str:
-    """Messages of an exception and its causes (MONAI wraps errors raised inside config expressions)."""
-    text = []
-    while exc is not None:
-        text.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(text)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import sys
 
 import numpy as np
 import pytest
-from monai.bundle import ConfigWorkflow
 
-from .conftest import cli_overrides
+from .conftest import bundle_workflow, cli_overrides, error_chain
 
 pytestmark = pytest.mark.slow
 
@@ -17,24 +16,7 @@ TINY = {"phantom_volumes": 1, "crops_per_organ": 3, "image_size": [32, 32, 32], 
 
 
 def workflow(bundle, **overrides):
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / "train.yaml"),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        workflow_type="infer",
-        bundle_root=str(bundle),
-        **{**TINY, **overrides},
-    )
-    wf.initialize()
-    return wf
-
-
-def error_chain(exc):
-    text = []
-    while exc is not None:
-        text.append(str(exc))
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(text)
+    return bundle_workflow(bundle, workflow_type="infer", **{**TINY, **overrides})
 
 
 def test_run_from_the_parent_folder_writes_json_and_png_into_the_bundle(bundle_copy, tiny_pretrained_encoder):

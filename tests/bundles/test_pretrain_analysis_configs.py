@@ -7,9 +7,9 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigParser
 
-from .conftest import BUNDLES, cli_overrides
+from .conftest import BUNDLES, bundle_workflow, cli_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -40,18 +40,6 @@ def data_overrides(root, checkpoint):
     return {"dataset_dir": str(root), "datalist": str(root / "dataset.json"), "checkpoint": str(checkpoint)}
 
 
-def workflow(bundle, config, **overrides):
-    wf = ConfigWorkflow(
-        config_file=str(bundle / "configs" / config),
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=False,
-        bundle_root=str(bundle),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
-
-
 def test_head_diversity_cli_writes_into_the_bundle(bundle_copy, tumour_dataset, tiny_pretrained_encoder):
     bundle = bundle_copy("pretrain")
     # --pretrained False: the CLI switch to a random encoder (no checkpoint read, the path may not exist)
@@ -74,21 +62,21 @@ def test_zero_shot_localization_pretrained_and_random(bundle_copy, tumour_datase
     bundle = bundle_copy("pretrain")
     overrides = {**data_overrides(tumour_dataset, tiny_pretrained_encoder), "label_values": [8],
                  "num_random_crops": 1, "crop_size": [32, 32, 32], "num_overlays": 1}
-    workflow(bundle, "zero_shot_localization.yaml", **overrides).run()
+    bundle_workflow(bundle, ["zero_shot_localization"], **overrides).run()
     result = json.loads((bundle / "eval" / "localization" / "pretrained" / "localization.json").read_text())
     assert {c["case"] for c in result["cases"]} == {"ct_0.nii.gz", "ct_1.nii.gz"}
     assert result["summary"]["full"]["pretrained"]["n"] == 2
     assert set(result["summary"]["random_crop"]) == {"pretrained", "center_gaussian", "soft_tissue", "noise"}
     assert result["settings"]["percentile"] == 90.0 and result["settings"]["body_hu"] == -500.0
     assert (bundle / "eval" / "localization" / "pretrained" / "localization.png").is_file()
-    workflow(bundle, "zero_shot_localization.yaml", **{**overrides, "pretrained": False, "num_random_crops": 0}).run()
+    bundle_workflow(bundle, ["zero_shot_localization"], **{**overrides, "pretrained": False, "num_random_crops": 0}).run()
     random = json.loads((bundle / "eval" / "localization" / "random_init" / "localization.json").read_text())
     assert "random_init" in random["summary"]["full"]
 
 
 def test_export_attention_matches_the_input_grid(bundle_copy, tumour_dataset, tiny_pretrained_encoder):
     bundle = bundle_copy("pretrain")
-    workflow(bundle, "export_attention.yaml", **data_overrides(tumour_dataset, tiny_pretrained_encoder),
+    bundle_workflow(bundle, ["export_attention"], **data_overrides(tumour_dataset, tiny_pretrained_encoder),
              per_head=True).run()
     for i in range(2):
         saved = nib.load(bundle / "eval" / "attention" / "pretrained" / f"ct_{i}_satt_heads.nii.gz")

@@ -13,7 +13,7 @@ from monai.data import CacheDataset, PersistentDataset
 from dagman_components.engines import latest_checkpoint
 from dagman_components.networks import SASwinEncoder
 
-from .conftest import TINY_PRETRAIN, cli_overrides
+from .conftest import TINY_PRETRAIN, bundle_workflow, cli_overrides, error_chain
 
 pytestmark = pytest.mark.slow
 
@@ -31,26 +31,9 @@ def run_bundle(cwd, config_files, overrides, nproc=None, timeout=600):
     return result.stdout + result.stderr
 
 
-def error_chain(exc: BaseException) -> str:
-    """Messages of an exception and its causes (MONAI wraps errors raised inside config expressions)."""
-    text = []
-    while exc is not None:
-        text.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(text)
-
-
 def workflow(bundle_dir, **overrides):
-    wf = ConfigWorkflow(
-        config_file=str(bundle_dir / "configs" / "train.yaml"),
-        meta_file=str(bundle_dir / "configs" / "metadata.json"),
-        logging_file=str(bundle_dir / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle_dir),
-        **{**TINY_PRETRAIN, **overrides},
-    )
-    wf.initialize()
-    return wf
+    """The tiny pretraining, logging set up from the bundle's logging.conf as ``monai.bundle run`` does."""
+    return bundle_workflow(bundle_dir, logging_file=str(bundle_dir / "configs" / "logging.conf"), **{**TINY_PRETRAIN, **overrides})
 
 
 def test_run_from_the_parent_folder_writes_into_the_bundle(bundle_copy):

@@ -22,7 +22,7 @@ from monai.metrics import DiceMetric, HausdorffDistanceMetric
 
 from dagman_components.networks import read_encoder_file
 
-from .conftest import BUNDLES, cli_overrides
+from .conftest import BUNDLES, cli_overrides, error_chain
 from .conftest import bundle_workflow as workflow
 
 pytestmark = pytest.mark.slow
@@ -43,15 +43,6 @@ TINY = {
 
 def configs(bundle: Path, *names: str) -> list[str]:
     return [str(bundle / "configs" / f"{name}.yaml") for name in names]
-
-
-def error_chain(exc: BaseException) -> str:
-    """Messages of an exception and its causes (MONAI wraps errors raised inside config expressions)."""
-    text = []
-    while exc is not None:
-        text.append(f"{type(exc).__name__}: {exc}")
-        exc = exc.__cause__ or exc.__context__
-    return "\n".join(text)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from dagman_components.engines import (
     select_encoder,
 )
 from dagman_components.losses import DAGMaNLoss
-from dagman_components.masking import attention_guided_mask
+from dagman_components.masking import BlockMasking, RandomMasking, attention_guided_mask
 from dagman_components.networks import DAGMaNPretrainModel, SASwinEncoder, read_encoder_file
 
 ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 tokens
@@ -118,6 +118,25 @@ def test_baseline_masking_strategies_train(masking, use_sa):
 def test_attention_masking_without_sa_is_refused():
     with pytest.raises(ValueError, match="use_semantic_attention"):
         make_trainer(masking="attention_high", use_sa=False)
+
+
+def test_the_trainer_takes_a_strategy_object_and_asks_it_whether_it_needs_satt():
+    satts = []
+
+    class Recording(RandomMasking):
+        needs_satt = True
+
+        def __call__(self, satt, batch, grid, generator=None, device=None):
+            satts.append(satt)
+            return super().__call__(satt, batch, grid, generator, device)
+
+    trainer = make_trainer(n_batches=1, masking=Recording(mask_ratio=0.5), mask_ratio=0.9)
+    assert trainer.masking.mask_ratio == 0.5  # the object's own options, not the trainer's
+    trainer.run()
+    assert satts[0].shape == (4, 8) and trainer.state.output["mask_ratio"] == 0.5
+    with pytest.raises(ValueError, match="use_semantic_attention"):
+        make_trainer(masking=Recording(), use_sa=False)
+    assert isinstance(make_trainer(masking="block", use_sa=False).masking, BlockMasking)
 
 
 def test_logged_values_cover_the_collapse_monitors_and_schedules():

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from dagman_components.experiments import ablation as abl
+from dagman_components.experiments.ablation import report, runner
 from dagman_components.experiments.ablation import (
     GROUPS,
     VARIANTS,
@@ -101,7 +102,7 @@ def test_pretraining_effect_pairs_each_variant_with_its_untrained_control_seed_b
     records.append({"variant": "DAGMaN", "seed": 3, "task": "nodule_lp", "metrics": {"lp_auc": 0.1}})  # unpaired
     assert abl.paired_differences(records, "DAGMaN", "DAGMaN, untrained", "lp_auc") == pytest.approx([0.2, 0.05, 0.4])
     summary = aggregate(records)
-    header, rows, lines = abl._pretraining_effect(records, summary)
+    header, rows, lines = report._pretraining_effect(records, summary)
     assert header == ["metric", "DAGMaN", "DAGMaN, untrained", "DAGMaN: pretrained - untrained, per seed"]
     by_label = {row[0]: row for row in rows}
     assert by_label["nodule malignancy, linear probe AUC (100 %)"][3] == "+0.200 / +0.050 / +0.400"
@@ -158,8 +159,8 @@ def test_resume_skips_cached_results(tmp_path, monkeypatch):
         calls.append(("nodule_lp", variant, seed))
         return {"metrics": {"lp_auc": 0.5}}
 
-    monkeypatch.setattr(abl, "pretrain", fake_pretrain)
-    monkeypatch.setattr(abl, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
+    monkeypatch.setattr(runner, "pretrain", fake_pretrain)
+    monkeypatch.setattr(runner, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
     monkeypatch.setitem(abl.TASK_FUNCTIONS, "nodule_lp", fake_task)
     run_ablation(tmp_path, budget, groups=["core"], tasks=["nodule_lp"], real_data=None)
     assert len(calls) == 8  # 4 variants x (pretrain + task)
@@ -177,7 +178,7 @@ def test_resume_skips_cached_results(tmp_path, monkeypatch):
 
 
 def test_real_data_tasks_skip_with_a_reason(tmp_path, monkeypatch):
-    monkeypatch.setattr(abl, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
+    monkeypatch.setattr(runner, "pretraining_datalist", lambda paths_, budget_: tmp_path / "list.json")
     result = run_ablation(tmp_path, TINY, groups=[], tasks=["localization", "segmentation"],
                           real_data=tmp_path / "no_such_folder")
     assert set(result["skipped"]) == {"localization", "segmentation"}

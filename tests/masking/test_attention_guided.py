@@ -1,14 +1,9 @@
+"""Attention-guided masking: the function and the ``attention_high`` / ``attention_low`` strategies."""
+
 import pytest
 import torch
 
-from dagman_components.masking import (
-    attention_guided_mask,
-    block_mask,
-    patch_dropout,
-    random_mask,
-    token_mask_to_voxels,
-    upsample_token_mask,
-)
+from dagman_components.masking import AttentionGuidedMasking, attention_guided_mask, build_masking
 
 
 def ranked_satt(batch: int = 3, n_tokens: int = 100) -> torch.Tensor:
@@ -73,42 +68,15 @@ def test_bad_arguments_raise():
         attention_guided_mask(torch.rand(10))
 
 
-@pytest.mark.parametrize("ratio", [0.0, 0.3, 0.7, 0.9])
-def test_patch_dropout_ratio_is_exact_per_sample(ratio):
-    dropped = patch_dropout(5, 512, ratio, generator=torch.Generator().manual_seed(0))
-    assert dropped.dtype == torch.bool and dropped.shape == (5, 512)
-    assert dropped.sum(dim=1).tolist() == [int(ratio * 512 + 1e-6)] * 5
-    if 0 < ratio < 1:
-        assert not torch.equal(dropped[0], dropped[1])  # random per sample
-
-
-def test_random_mask_is_uniform_over_tokens():
-    mask = random_mask(4000, 16, 0.5, generator=torch.Generator().manual_seed(0))
-    frequency = mask.float().mean(dim=0)
-    assert torch.allclose(frequency, torch.full((16,), 0.5), atol=0.04)
-
-
-def test_block_mask_count_and_contiguity():
-    mask = block_mask(6, (8, 8, 8), 0.7, generator=torch.Generator().manual_seed(0))
-    assert mask.sum(dim=1).tolist() == [358] * 6
-    # blocks: masked tokens have many masked neighbours, far more than random masking would give
-    grid = mask.reshape(6, 8, 8, 8).float()
-    neighbours = (grid[:, 1:] * grid[:, :-1]).sum() / grid[:, 1:].sum()
-    assert neighbours > 0.75
-
-
-def test_upsampling_to_patches_and_voxels():
-    mask = torch.tensor([[True, False, False, False, False, False, False, True]])
-    up = upsample_token_mask(mask, (2, 2, 2), 3)
-    assert up.shape == (1, 6, 6, 6)
-    assert up[0, :3, :3, :3].all() and up[0, 3:, 3:, 3:].all() and up.sum() == 2 * 27
-    voxels = token_mask_to_voxels(mask, (2, 2, 2), 16)
-    assert voxels.shape == (1, 1, 32, 32, 32) and voxels.sum() == 2 * 16**3
-
-
-def test_block_mask_follows_the_generator():
-    def draw(seed):
-        return block_mask(3, (2, 4, 6), 0.5, generator=torch.Generator().manual_seed(seed))
-
-    assert torch.equal(draw(1), draw(1))
-    assert not torch.equal(draw(1), draw(2))
+@pytest.mark.parametrize("name,mode", [("attention_high", "high"), ("attention_low", "low")])
+def test_attention_strategies_mask_from_the_teachers_satt(name, mode):
+    strategy = build_masking(name, mask_ratio=0.5, hint_ratio=0.2, hint_mode="top")
+    assert isinstance(strategy, AttentionGuidedMasking) and strategy.needs_satt and strategy.name == name
+    satt = ranked_satt(2, 64)
+    generator = torch.Generator().manual_seed(3)
+    expected = attention_guided_mask(satt, 0.5, 0.2, mode, "top", torch.Generator().manual_seed(3))
+    assert torch.equal(strategy(satt, 2, (4, 4, 4), generator=generator), expected)
+    with pytest.raises(ValueError, match=f"{name}' needs the teacher's SATT"):
+        strategy(None, 2, (4, 4, 4))
+    with pytest.raises(ValueError, match="hint_mode"):
+        AttentionGuidedMasking(hint_mode="bottom")
