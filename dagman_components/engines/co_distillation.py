@@ -220,7 +220,11 @@ class CoDistillationTrainer(Trainer):
             self.ema,
             TeacherTemperatureSchedule(self.loss_function),
             FreezeLastLayer(student.last_layers(), freeze_last_layer_epochs),
-            CollapseMonitor({name: ce.center.shape[1] for name, ce in self.loss_function.distillation.items()}),
+            CollapseMonitor(
+                {name: ce.center.shape[1] for name, ce in self.loss_function.distillation.items()},
+                # the entropy bounds apply once the teacher temperature has warmed up
+                grace_epochs=max((ce.warmup_teacher_temp_epochs for ce in self.loss_function.distillation.values()), default=0),
+            ),
             *(handlers or ()),
         ):
             handler.attach(self)

@@ -7,6 +7,7 @@ from monai.engines.utils import IterationEvents
 
 from dagman_components.engines import (
     CoDistillationTrainer,
+    CollapseMonitor,
     PretrainCheckpoint,
     ema_momentum,
     other_encoder,
@@ -202,11 +203,12 @@ def test_collapse_monitor_warns_on_uniform_and_one_hot_teachers(caplog):
         monitor.accumulate(engine)
         monitor.check(engine)  # reported once only
     messages = [r.getMessage() for r in caplog.records]
-    assert len(messages) == 4  # each kind once per term: no per-sample information + uniform / one-hot
+    assert len(messages) == 5  # each kind once per term: no per-sample information + uniform / few prototypes + one-hot
     assert "AITD" in messages[0] and "same distribution" in messages[0]
     assert "AITD" in messages[1] and "uniform collapse" in messages[1]
     assert "GITD" in messages[2] and "same distribution" in messages[2]
-    assert "GITD" in messages[3] and "one-hot collapse" in messages[3]
+    assert "GITD" in messages[3] and "few prototypes" in messages[3]
+    assert "GITD" in messages[4] and "one-hot collapse" in messages[4]
     assert all("higher ema_momentum (0.9995)" not in m for m in messages)  # advice that made short runs worse
     healthy = CollapseMonitor({"aitd": 64})
     engine.state.output = {"teacher_entropy_sample_aitd": 2.0, "teacher_entropy_mean_aitd": 3.5}
@@ -214,6 +216,36 @@ def test_collapse_monitor_warns_on_uniform_and_one_hot_teachers(caplog):
     healthy.accumulate(engine)
     healthy.check(engine)
     assert not caplog.records
+
+
+@pytest.mark.parametrize("epoch, sample, mean, expected", [
+    (5, 0.85, 0.9, ["uniform collapse"]),   # above the 0.8 ln K bound (the old 0.98 let it pass)
+    (5, 0.75, 0.45, ["few prototypes"]),    # H(mean P_t) below 0.5 ln K
+    (5, 0.75, 0.9, []),                     # inside both bounds
+    (2, 0.95, 0.3, []),                     # during the teacher-temperature warm-up the bounds do not apply
+])
+def test_collapse_monitor_applies_the_entropy_bounds_after_the_warm_up(caplog, epoch, sample, mean, expected):
+    from types import SimpleNamespace
+
+    from dagman_components.engines import CollapseMonitor
+
+    log_k = math.log(1024)
+    monitor = CollapseMonitor({"aitd": 1024}, grace_epochs=2)
+    engine = SimpleNamespace(state=SimpleNamespace(epoch=epoch, output={
+        "teacher_entropy_sample_aitd": sample * log_k, "teacher_entropy_mean_aitd": mean * log_k,
+        "teacher_mutual_information_aitd": 1.0,
+    }))
+    with caplog.at_level("WARNING"):
+        monitor.accumulate(engine)
+        monitor.check(engine)
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == len(expected) and all(e in m for e, m in zip(expected, messages))
+
+
+def test_trainer_monitor_waits_for_the_teacher_temperature_warm_up():
+    trainer = make_trainer()
+    monitor = next(h for h in trainer._event_handlers[Events.EPOCH_COMPLETED] if isinstance(getattr(h[0], "__self__", None), CollapseMonitor))
+    assert monitor[0].__self__.grace_epochs == trainer.loss_function.distillation["aitd"].warmup_teacher_temp_epochs
 
 
 def test_collapse_monitor_warns_when_every_sample_gets_the_same_distribution(caplog):
