@@ -121,12 +121,15 @@ def test_model_zoo_min_check(release):
         assert "metadata format is verified correctly" in result.stdout
 
 
-def test_released_inference_runs_on_the_vendored_package(release, tmp_path):
-    root = release["models"] / ZOO_NAMES["nodule_classification"]
+@pytest.mark.parametrize("bundle,size,output", [("nodule_classification", 32, "predictions.csv"),
+                                                ("pretrain", 64, "case0_satt.nii.gz")])
+def test_released_inference_runs_on_the_vendored_package(release, tmp_path, bundle, size, output):
+    """Launched from the released folder (the zoo's usage), with the editable install of this project removed."""
+    root = release["models"] / ZOO_NAMES[bundle]
     data = tmp_path / "crops"
     data.mkdir()
     rng = np.random.default_rng(0)
-    volume = rng.uniform(-1000, 400, (32, 32, 32)).astype(np.float32)
+    volume = rng.uniform(-1000, 400, (size,) * 3).astype(np.float32)
     nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), data / "case0.nii.gz")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run([sys.executable, "-c", ISOLATED_RUN, "--dataset_dir", str(data)], cwd=root, env=env,
@@ -134,4 +137,4 @@ def test_released_inference_runs_on_the_vendored_package(release, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = [ln for ln in result.stdout.splitlines() if ln.startswith("DAGMAN_FILE")][-1]
     assert Path(line.split(" ", 1)[1]).resolve().is_relative_to(root.resolve())
-    assert (root / "eval" / "inference" / "predictions.csv").is_file()
+    assert (root / "eval" / "inference" / output).is_file(), sorted(os.listdir(root / "eval" / "inference"))
