@@ -9,7 +9,7 @@ in one layer, and a part may import only parts of its own layer or of a layer be
 1. foundation: ``errors``, ``options`` (config flags and whole numbers), ``metrics``, ``masking``, ``losses``,
    ``networks``: the method itself, with no knowledge of files, bundles or training loops;
 2. pipeline: ``data`` (datalists, checks, transforms) and ``engines`` (trainer, handlers);
-3. glue: ``bundle_utils`` (what the bundle configs call), ``analysis``, ``experiments``, ``benchmark``.
+3. glue: ``bundle_utils`` (what the bundle configs call), ``analysis``, ``experiments``, ``benchmark``, ``release``.
 
 On top of the layer rule, neither the graph of parts nor the graph of modules may have a cycle.
 """
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: dict[str, int] = {
     **dict.fromkeys(("errors", "options", "metrics", "masking", "losses", "networks"), 1),
     **dict.fromkeys(("data", "engines"), 2),
-    **dict.fromkeys(("bundle_utils", "analysis", "experiments", "benchmark"), 3),
+    **dict.fromkeys(("bundle_utils", "analysis", "experiments", "benchmark", "release"), 3),
 }
 
 
