@@ -78,3 +78,12 @@ def test_organmnist3d_source(bundle_copy, tmp_path):
     assert len(data.items) == 4 and data.class_names == {0: "liver", 1: "kidney-right"}
     sample = wf.parser.get_parsed_content("dataset")[0]
     assert tuple(sample["image"].shape) == (1, 32, 32, 32) and float(sample["image"].max()) <= 1.0
+
+
+def test_inference_network_matches_network_data_format(bundle_copy):
+    """``network_def`` of inference.yaml takes and gives what metadata.json says (MONAI's own check)."""
+    from monai.bundle import verify_net_in_out
+
+    configs = bundle_copy("organ_clustering") / "configs"
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.yaml"), bundle_root=str(configs.parent), n_batch=1)
