@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from dagman_components.networks import BUNDLE_ENCODER_ARGS, SAClassifier, SASwinEncoder, SASwinUNETR, save_encoder
 from dagman_components.analysis import OrganClusterer
+from dagman_components.networks import BUNDLE_ENCODER_ARGS, SAClassifier, SASwinEncoder, SASwinUNETR, save_encoder
 from dagman_components.release import ZOO_NAMES, main
 
 REPO = Path(__file__).resolve().parents[1]
