@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from dagman_components.networks import BUNDLE_ENCODER_ARGS, SAClassifier, SASwinEncoder, save_encoder
+from dagman_components.analysis import OrganClusterer
+from dagman_components.networks import BUNDLE_ENCODER_ARGS, SAClassifier, SASwinEncoder, SASwinUNETR, save_encoder
 from dagman_components.release import ZOO_NAMES, main
 
 REPO = Path(__file__).resolve().parents[1]
 SPECS = REPO.parent / "shared" / "specs"
 SCHEMA = SPECS / "meta_schema_20240725.json"
 ZOO_CHECK = SPECS / "model-zoo" / "ci" / "verify_bundle.py"
-BUNDLES = ("pretrain", "nodule_classification")
+BUNDLES = ("pretrain", "nodule_classification", "response_prediction", "segmentation", "organ_clustering")
 
 # run `monai.bundle run` with the editable install of this project switched off: only the vendored copy can load
 ISOLATED_RUN = """
@@ -48,8 +49,13 @@ def release(tmp_path_factory):
     torch.manual_seed(0)
     encoder_file = save_encoder(SASwinEncoder(**BUNDLE_ENCODER_ARGS), weights / "pretrain" / "models" / "model.pt")
     classifier = SAClassifier(encoder=str(encoder_file), num_classes=1, feature="cls", mode="finetune")
-    (weights / "nodule_classification" / "models").mkdir(parents=True)
-    torch.save(classifier.state_dict(), weights / "nodule_classification" / "models" / "model.pt")
+    clusterer = OrganClusterer(encoder=str(encoder_file), feature="cls")
+    clusterer.set_clusters(torch.randn(6, clusterer.feature_channels), ["lung", "bone", "heart", "liver", "kidney", "spleen"])
+    tiny = {"nodule_classification": classifier, "response_prediction": classifier,
+            "segmentation": SASwinUNETR(encoder=str(encoder_file), out_channels=2), "organ_clustering": clusterer}
+    for bundle, network in tiny.items():
+        (weights / bundle / "models").mkdir(parents=True)
+        torch.save(network.state_dict(), weights / bundle / "models" / "model.pt")
     archives = main(["--output_dir", str(tmp / "dist"), "--bundles", ",".join(BUNDLES), "--weights_from", str(weights)])
     extracted = tmp / "models"
     for archive in archives:
@@ -79,10 +85,13 @@ def test_zip_layout(release):
     assert "segmentation" in ZOO_NAMES["segmentation"] and "classification" in ZOO_NAMES["nodule_classification"]
 
 
-def test_downstream_carries_encoder_and_points_at_it(release):
-    root = release["models"] / ZOO_NAMES["nodule_classification"]
+@pytest.mark.parametrize("bundle", ["nodule_classification", "response_prediction", "segmentation", "organ_clustering"])
+def test_downstream_carries_encoder_and_points_at_it(release, bundle):
+    root = release["models"] / ZOO_NAMES[bundle]
     assert (root / "models" / "encoder.pt").is_file()
     for config in ("inference.yaml", "train.yaml", "evaluate.yaml"):  # evaluate.yaml layers on train.yaml
+        if not (root / "configs" / config).is_file():  # organ_clustering: no evaluate.yaml
+            continue
         text = (root / "configs" / config).read_text()
         assert "'pretrain'" not in text and ("encoder.pt" in text or config == "evaluate.yaml"), config
     metadata = json.loads((root / "configs" / "metadata.json").read_text())
@@ -122,7 +131,10 @@ def test_model_zoo_min_check(release):
 
 
 @pytest.mark.parametrize("bundle,size,output", [("nodule_classification", 32, "predictions.csv"),
-                                                ("pretrain", 64, "case0_satt.nii.gz")])
+                                                ("pretrain", 64, "case0_satt.nii.gz"),
+                                                ("response_prediction", 64, "predictions.csv"),
+                                                ("segmentation", 48, "case0_seg.nii.gz"),
+                                                ("organ_clustering", 32, "clusters.csv")])
 def test_released_inference_runs_on_the_vendored_package(release, tmp_path, bundle, size, output):
     """Launched from the released folder (the zoo's usage), with the editable install of this project removed."""
     root = release["models"] / ZOO_NAMES[bundle]

@@ -32,8 +32,10 @@ from .features import (
     FEATURE_TYPES,
     EncoderFeatures,
     FeatureCollector,
+    OrganClusterer,
     extract_features,
     feature_evaluator,
+    save_organ_clusterer,
 )
 from .head_diversity import SwinAttentionStatistics, compute_head_diversity, plot_head_diversity, run_head_diversity
 from .localization import image_label_datalist, run_zero_shot_localization, zero_shot_localization
@@ -106,4 +108,6 @@ __all__: list[str] = [
     "prepare_probe_data",
     "probe_baselines",
     "run_probe",
+    "OrganClusterer",
+    "save_organ_clusterer",
 ]

@@ -11,7 +11,7 @@ vector per image, so it runs in MONAI's ``SupervisedEvaluator`` (eval mode, no g
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,15 @@ from monai.utils import CommonKeys
 
 from dagman_components.networks import SASwinEncoder, make_encoder
 
-__all__ = ["FEATURE_TYPES", "EncoderFeatures", "FeatureCollector", "extract_features", "feature_evaluator"]
+__all__ = [
+    "FEATURE_TYPES",
+    "EncoderFeatures",
+    "FeatureCollector",
+    "OrganClusterer",
+    "extract_features",
+    "feature_evaluator",
+    "save_organ_clusterer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -172,3 +180,112 @@ def extract_features(
     collector = FeatureCollector(log_every=log_every)
     feature_evaluator(network.to(device), dataloader, device, collector, amp).run()
     return collector.features, collector.labels
+
+
+class OrganClusterer(EncoderFeatures):
+    """Nearest-centroid cluster assignment of organ volumes: ``forward(x) -> (B, K)`` scores.
+
+    The score of cluster k is minus the Euclidean distance of the image's feature vector (of
+    :py:class:`EncoderFeatures`, scaled as in the analysis) to the centroid of organ class k, so the
+    argmax is the nearest centroid. The organ_clustering bundle's train run fits the centroids
+    (:py:func:`save_organ_clusterer`); its ``models/model.pt`` is this module's state dict, which carries
+    the centroids, the scaling and the cluster names (``class_names``).
+
+    Args:
+        encoder, feature, encoder_args: as :py:class:`EncoderFeatures`.
+        feature_scaling: "none", "standardize" (``offset``/``scale`` buffers) or "l2". Default "none".
+        num_clusters: K, the number of organ classes the centroids were fitted to. Default 1.
+    """
+
+    def __init__(
+        self,
+        encoder: SASwinEncoder | str | Path | Mapping[str, Any],
+        feature: str = "cls",
+        encoder_args: Mapping[str, Any] | None = None,
+        feature_scaling: str = "none",
+        num_clusters: int = 1,
+    ) -> None:
+        super().__init__(encoder, feature=feature, encoder_args=encoder_args)
+        self._set_scaling(feature_scaling)
+        channels = super().out_channels
+        self.register_buffer("centroids", torch.zeros(int(num_clusters), channels))
+        self.register_buffer("offset", torch.zeros(channels))
+        self.register_buffer("scale", torch.ones(channels))
+        self.class_names = [str(k) for k in range(int(num_clusters))]
+
+    def _set_scaling(self, feature_scaling: str) -> None:
+        if feature_scaling not in ("none", "standardize", "l2"):
+            raise ValueError(f"feature_scaling must be 'none', 'standardize' or 'l2', got '{feature_scaling}'.")
+        self.feature_scaling = feature_scaling
+
+    @property
+    def feature_channels(self) -> int:
+        """Length of the feature vector (C)."""
+        return super().out_channels
+
+    @property
+    def out_channels(self) -> int:
+        """Number of clusters (K)."""
+        return int(self.centroids.shape[0])
+
+    def set_clusters(self, centroids: torch.Tensor, class_names: Sequence[str], offset: torch.Tensor | None = None,
+                     scale: torch.Tensor | None = None) -> OrganClusterer:
+        """(K, C) centroids in the scaled feature space, their K names, and the standardisation (C,) if any."""
+        centroids = torch.as_tensor(centroids, dtype=torch.float32)
+        if centroids.ndim != 2 or centroids.shape[1] != self.feature_channels or len(class_names) != len(centroids):
+            raise ValueError(f"centroids must be (K, {self.feature_channels}) with K names, got "
+                             f"{tuple(centroids.shape)} and {len(class_names)} names.")
+        device = self.offset.device
+        self.centroids = centroids.to(device)
+        if offset is not None:
+            self.offset = torch.as_tensor(offset, dtype=torch.float32, device=device)
+        if scale is not None:
+            self.scale = torch.as_tensor(scale, dtype=torch.float32, device=device)
+        self.class_names = [str(n) for n in class_names]
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = super().forward(x).float()
+        if self.feature_scaling == "l2":
+            features = torch.nn.functional.normalize(features, dim=1)
+        elif self.feature_scaling == "standardize":
+            features = (features - self.offset) / self.scale
+        return -torch.cdist(features, self.centroids)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"class_names": list(self.class_names), "feature_scaling": self.feature_scaling}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._set_scaling(state["feature_scaling"])
+        self.class_names = list(state["class_names"])
+
+
+def save_organ_clusterer(
+    network: EncoderFeatures,
+    features: np.ndarray,
+    labels: np.ndarray,
+    path: str | Path,
+    class_names: Mapping[int, str] | None = None,
+    feature_scaling: str = "none",
+) -> Path:
+    """Fit the class centroids of (N, C) ``features`` and save an :py:class:`OrganClusterer` state dict at ``path``.
+
+    Uses ``network``'s encoder and feature type; the centroids live in the ``feature_scaling`` space of the
+    analysis (standardize: mean and std of ``features``, a zero std taken as 1).
+    """
+    from .clustering import class_centroids, scale_features
+
+    features = np.asarray(features, dtype=np.float64)
+    offset, scale = features.mean(axis=0), features.std(axis=0)
+    scale[scale == 0] = 1.0
+    classes, centroids = class_centroids(scale_features(features, feature_scaling), labels)
+    names = {int(k): v for k, v in (class_names or {}).items()}
+    clusterer = OrganClusterer(network.encoder, feature=network.feature, feature_scaling=feature_scaling)
+    clusterer.set_clusters(torch.from_numpy(centroids), [names.get(int(c), str(c)) for c in classes],
+                           offset=torch.from_numpy(offset) if feature_scaling == "standardize" else None,
+                           scale=torch.from_numpy(scale) if feature_scaling == "standardize" else None)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(clusterer.state_dict(), path)
+    logger.info(f"saved the nearest-centroid organ clusterer ({len(classes)} clusters) to '{path}'")
+    return path

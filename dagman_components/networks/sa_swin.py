@@ -408,7 +408,7 @@ def state_dict_differences(own: Mapping[str, torch.Tensor], state: Mapping[str, 
     wrong_shape = sorted(
         f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in set(own) & set(state)
-        if getattr(state[k], "shape", None) != own[k].shape
+        if hasattr(own[k], "shape") and getattr(state[k], "shape", None) != own[k].shape  # not: a module's extra state
     )
     if not (missing or unexpected or wrong_shape):
         return None

@@ -38,6 +38,15 @@ def test_run_from_the_parent_folder_writes_json_and_png_into_the_bundle(bundle_c
     assert (bundle / "eval" / "clustering_umap.png").read_bytes()[:4] == b"\x89PNG"
     assert (bundle / "data" / "organ_crops" / "phantom" / "datalist.json").is_file()
     assert not (bundle.parent / "eval").exists()  # nothing written into the launch folder
+    # configs/inference.yaml: the organ crops -> nearest of the centroids the train run wrote into models/model.pt
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", "organ_clustering/configs/inference.yaml"]
+    cmd += cli_overrides({"image_size": TINY["image_size"], "encoder_checkpoint": tiny_pretrained_encoder})
+    result = subprocess.run(cmd, cwd=bundle.parent, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    rows = (bundle / "eval" / "inference" / "clusters.csv").read_text().splitlines()
+    assert len(rows) == 18 and all(0 <= float(row.split(",")[1]) < 6 for row in rows)
+    names = json.loads((bundle / "eval" / "inference" / "cluster_names.json").read_text())
+    assert names == {str(k): n for k, n in enumerate(("lung", "bone", "heart", "liver", "kidney", "spleen"))}
 
 
 def test_check_properties_and_random_init_baseline(bundle_copy, tmp_path):
@@ -69,3 +78,12 @@ def test_organmnist3d_source(bundle_copy, tmp_path):
     assert len(data.items) == 4 and data.class_names == {0: "liver", 1: "kidney-right"}
     sample = wf.parser.get_parsed_content("dataset")[0]
     assert tuple(sample["image"].shape) == (1, 32, 32, 32) and float(sample["image"].max()) <= 1.0
+
+
+def test_inference_network_matches_network_data_format(bundle_copy):
+    """``network_def`` of inference.yaml takes and gives what metadata.json says (MONAI's own check)."""
+    from monai.bundle import verify_net_in_out
+
+    configs = bundle_copy("organ_clustering") / "configs"
+    verify_net_in_out(net_id="network_def", meta_file=str(configs / "metadata.json"),
+                      config_file=str(configs / "inference.yaml"), bundle_root=str(configs.parent), n_batch=1)
