@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -126,3 +127,18 @@ def test_tracking_config_artifact_is_a_file_under_output_dir(bundle, tmp_path):
     config = Path(wf.parser.get_parsed_content("save_execute_config"))
     assert config.parent == output_dir and config.is_file() and config.name.startswith("config_")
     assert str(wf.parser.get_parsed_content("tracking_uri")).endswith(str(output_dir / "mlruns.db"))
+
+
+@pytest.mark.parametrize("max_epochs, expected", [(2, [2]), (7, [5, 7]), (10, [5, 10])])
+def test_final_validation_handler_epochs(max_epochs, expected):
+    from ignite.engine import Engine
+
+    from dagman_components.engines import FinalValidationHandler
+
+    validated = []
+    trainer = Engine(lambda engine, batch: None)
+    handler = FinalValidationHandler(interval=5)
+    handler.validator = SimpleNamespace(run=validated.append)  # ValidationHandler calls validator.run(epoch)
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=max_epochs)
+    assert validated == expected
