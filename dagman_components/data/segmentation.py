@@ -228,7 +228,7 @@ def segmentation_datalist(
 def phantom_class_label(label_path: str, target_labels: Sequence[int]) -> str:
     """
     A class-index label file (0 background, ``k + 1`` where the organ label map is ``target_labels[k]``) for a
-    phantom organ label map, written once next to it (``labelsTr_<ids>/``) and reused afterwards.
+    phantom organ label map, written next to it (``labelsTr_<ids>/``) and reused while it is newer than the organ label map.
 
     The embedded phantoms store organ ids (nodule 8, liver 5, ...); the bundle itself takes labels that already
     hold class indices (a user's {0, 1} mask: 1 is foreground), so its own phantom run trains on these files.
@@ -239,7 +239,7 @@ def phantom_class_label(label_path: str, target_labels: Sequence[int]) -> str:
     ids = [int(v) for v in target_labels]
     src = Path(label_path)
     out = src.parent.parent / f"{src.parent.name}_{'_'.join(str(v) for v in ids)}" / src.name
-    if out.is_file():
+    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:  # a regenerated phantom is converted again
         return str(out)
     img = nib.load(str(src))
     values = np.asarray(img.dataobj)
