@@ -71,7 +71,7 @@ def test_monai_label_style_two_epoch_run_validates_and_saves(tmp_path, tiny_pret
     user.mkdir()
     items = []
     for i, item in enumerate(phantom):
-        organ = nib.load(item["label"].replace(f"labelsTr_8", "labelsTr"))
+        organ = nib.load(item["label"].replace("labelsTr_8", "labelsTr"))
         mask = (np.asarray(organ.dataobj) == 8).astype(np.uint8)
         nib.save(nib.Nifti1Image(mask, organ.affine), user / f"mask_{i}.nii.gz")
         items.append({"image": item["image"], "label": str(user / f"mask_{i}.nii.gz")})
