@@ -16,6 +16,7 @@ from .attention_export import (
 )
 from .clustering import (
     FEATURE_SCALINGS,
+    ClusterMetrics,
     analyze_clusters,
     class_centroids,
     cluster_distances,
@@ -62,6 +63,7 @@ from .probe_handler import ProbeHandler, plot_probe_curve
 
 __all__: list[str] = [
     "FEATURE_SCALINGS",
+    "ClusterMetrics",
     "analyze_clusters",
     "class_centroids",
     "cluster_distances",

@@ -314,3 +314,39 @@ def analyze_clusters(
         f"kNN accuracy {result['knn']['accuracy_mean']}; written to {files['json']}"
     )
     return result
+
+
+class ClusterMetrics:
+    """
+    Ignite handler: after the feature pass, k-means NMI/ARI and kNN accuracy of the collected features in
+    ``engine.state.metrics`` (``kmeans_nmi``, ``kmeans_ari``, ``knn_accuracy``), where metric loggers attached
+    after it (``--tracking mlflow``'s ``MLFlowHandler``, ``StatsHandler``) record them.
+
+    Args:
+        collector: the :py:class:`~dagman_components.analysis.features.FeatureCollector` of the same evaluator
+            (attached before this handler).
+        feature_scaling, knn_k, knn_folds, seed: as in :py:func:`analyze_clusters`, so the numbers match its JSON.
+    """
+
+    def __init__(self, collector: Any, feature_scaling: str = "none", knn_k: int = 10, knn_folds: int = 5,
+                 seed: int = 0) -> None:
+        self.collector = collector
+        self.feature_scaling = feature_scaling
+        self.knn_k = knn_k
+        self.knn_folds = knn_folds
+        self.seed = seed
+
+    def attach(self, engine: Any) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+    def __call__(self, engine: Any) -> None:
+        features, labels = _check(self.collector.features, self.collector.labels)
+        if len(np.unique(labels)) < 2:
+            return
+        scaled = scale_features(features, self.feature_scaling)
+        kmeans = kmeans_scores(scaled, labels, seed=self.seed)
+        knn = knn_accuracy(scaled, labels, k=self.knn_k, folds=self.knn_folds, seed=self.seed)
+        metrics = {"kmeans_nmi": kmeans["nmi"], "kmeans_ari": kmeans["ari"], "knn_accuracy": knn["accuracy_mean"]}
+        engine.state.metrics.update({k: v for k, v in metrics.items() if v is not None})

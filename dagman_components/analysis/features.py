@@ -150,8 +150,16 @@ def feature_evaluator(
     device: torch.device | str = "cpu",
     collector: FeatureCollector | None = None,
     amp: bool = False,
+    handlers: Sequence[Any] | None = None,
 ) -> SupervisedEvaluator:
-    """A MONAI ``SupervisedEvaluator`` that runs ``network`` (eval mode, no grad) and feeds ``collector``."""
+    """
+    A MONAI ``SupervisedEvaluator`` that runs ``network`` (eval mode, no grad) and feeds ``collector``.
+
+    ``handlers`` are attached too (``collector`` once, whether or not it is among them), e.g. the
+    ``MLFlowHandler`` that ``monai.bundle run --tracking mlflow`` appends to a bundle's ``handlers``.
+    """
+    val_handlers = [collector] if collector is not None else []
+    val_handlers += [h for h in (handlers or []) if h is not None and h is not collector]
     return SupervisedEvaluator(
         device=torch.device(device),
         val_data_loader=dataloader,
@@ -159,7 +167,7 @@ def feature_evaluator(
         inferer=SimpleInferer(),
         amp=amp,
         decollate=False,
-        val_handlers=[collector] if collector is not None else None,
+        val_handlers=val_handlers or None,
     )
 
 

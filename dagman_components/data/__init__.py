@@ -47,7 +47,13 @@ from .organs import (
     organ_transforms,
     prepare_organ_data,
 )
-from .segmentation import MetaSafeSpacingd, SegmentationTargetd, case_folder_datalist, segmentation_datalist
+from .segmentation import (
+    MetaSafeSpacingd,
+    SegmentationTargetd,
+    case_folder_datalist,
+    phantom_class_label,
+    segmentation_datalist,
+)
 from .splits import kfold_split, subset_fraction
 from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
 
@@ -80,6 +86,7 @@ __all__ = [
     "MetaSafeSpacingd",
     "SegmentationTargetd",
     "case_folder_datalist",
+    "phantom_class_label",
     "segmentation_datalist",
     "DEFAULT_EXCLUDE",
     "NIFTI_SUFFIXES",

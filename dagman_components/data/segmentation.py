@@ -24,7 +24,13 @@ from monai.transforms import MapTransform, Spacingd
 from .checks import file_name as _file_name
 from .datalist import prepare_dataset, validate_images
 
-__all__ = ["MetaSafeSpacingd", "SegmentationTargetd", "case_folder_datalist", "segmentation_datalist"]
+__all__ = [
+    "MetaSafeSpacingd",
+    "SegmentationTargetd",
+    "case_folder_datalist",
+    "phantom_class_label",
+    "segmentation_datalist",
+]
 
 
 class SegmentationTargetd(MapTransform):
@@ -188,6 +194,7 @@ def segmentation_datalist(
     image_name: str | None = None,
     label_name: str | None = None,
     on_error: str = "raise",
+    phantom_target_labels: Sequence[int] | None = None,
     **prepare_kwargs: Any,
 ) -> list[dict[str, Any]]:
     """
@@ -196,7 +203,10 @@ def segmentation_datalist(
     With ``image_name`` and ``label_name``, ``dataset_dir`` is a folder of case folders
     (:py:func:`case_folder_datalist`). Otherwise the items come from
     :py:func:`~dagman_components.data.datalist.prepare_dataset` (embedded phantoms, a Decathlon JSON ``datalist``,
-    or a folder scan) with ``prepare_kwargs`` passed on, and each item must have a ``"label"``.
+    or a folder scan) with ``prepare_kwargs`` passed on, and each item must have a ``"label"``. On the
+    embedded phantoms, ``phantom_target_labels`` (e.g. ``[8]``, the nodule id) turns each organ label map into
+    a class-index label file (:py:func:`phantom_class_label`), so the phantoms follow the same label
+    convention as the user's data (labels hold classes 0..C-1).
 
     Raises:
         ValueError: an item without a label; an unreadable, corrupt or 2D image or label (the file is named).
@@ -206,4 +216,38 @@ def segmentation_datalist(
         items = validate_images(case_folder_datalist(dataset_dir, image_name, label_name), on_error=on_error)
     else:
         items = prepare_dataset(dataset_dir, datalist, on_error=on_error, **prepare_kwargs)
+        phantom_dir = prepare_kwargs.get("phantom_dir")
+        is_phantom = (
+            phantom_dir is not None and datalist is None and Path(dataset_dir).resolve() == Path(phantom_dir).resolve()
+        )
+        if is_phantom and phantom_target_labels is not None:
+            items = [dict(item, label=phantom_class_label(item["label"], phantom_target_labels)) for item in items]
     return validate_images(items, key="label", on_error=on_error)
+
+
+def phantom_class_label(label_path: str, target_labels: Sequence[int]) -> str:
+    """
+    A class-index label file (0 background, ``k + 1`` where the organ label map is ``target_labels[k]``) for a
+    phantom organ label map, written next to it (``labelsTr_<ids>/``) and reused while it is newer than the organ label map.
+
+    The embedded phantoms store organ ids (nodule 8, liver 5, ...); the bundle itself takes labels that already
+    hold class indices (a user's {0, 1} mask: 1 is foreground), so its own phantom run trains on these files.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    ids = [int(v) for v in target_labels]
+    src = Path(label_path)
+    out = src.parent.parent / f"{src.parent.name}_{'_'.join(str(v) for v in ids)}" / src.name
+    if out.is_file() and out.stat().st_mtime >= src.stat().st_mtime:  # a regenerated phantom is converted again
+        return str(out)
+    img = nib.load(str(src))
+    values = np.asarray(img.dataobj)
+    target = np.zeros(values.shape, dtype=np.uint8)
+    for class_index, value in enumerate(ids, start=1):
+        target[values == value] = class_index
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp.nii.gz")
+    nib.save(nib.Nifti1Image(target, img.affine, img.header), str(tmp))
+    os.replace(tmp, out)  # atomic: DDP ranks may write the same file
+    return str(out)

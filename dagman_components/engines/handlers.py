@@ -15,7 +15,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.data.utils import set_rnd
 from monai.engines.utils import IterationEvents
-from monai.handlers import CheckpointLoader
+from monai.handlers import CheckpointLoader, ValidationHandler
 from monai.utils import set_determinism
 
 from dagman_components.networks.sa_swin import save_encoder, state_dict_differences
@@ -109,6 +109,27 @@ class EMATeacherUpdate:
     def __call__(self, engine: Engine) -> None:
         # teacher + (1 - m)(student - teacher) = m teacher + (1 - m) student, one fused pass over all tensors
         torch._foreach_lerp_(self.teacher_params, self.student_params, 1.0 - self.momentum_at(engine))
+
+
+class FinalValidationHandler(ValidationHandler):
+    """
+    MONAI's epoch-level ``ValidationHandler`` that also validates after the last epoch.
+
+    It runs the validator every ``interval`` epochs and once more at ``max_epochs`` when that is not a
+    multiple of ``interval``, so a run shorter than ``interval`` (e.g. MONAI Label's
+    ``train::trainer::max_epochs`` override) still validates and saves its key-metric model.
+    """
+
+    def __init__(self, interval: int, validator=None, exec_at_start: bool = False) -> None:
+        super().__init__(interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+
+    def _due(self, engine: Engine, epoch: int) -> bool:
+        return epoch % self.interval == 0 or epoch == engine.state.max_epochs
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
+        if self.exec_at_start:
+            engine.add_event_handler(Events.STARTED, self)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -69,11 +69,15 @@ def test_training_writes_a_cpu_state_dict(trained, tiny_pretrained_encoder):
 
 def test_defaults_and_few_shot_split(trained):
     wf = workflow(trained, pretrained=False, phantom_volumes=2, num_folds=2)
-    assert wf.parser["target_labels"] == [8] and wf.parser["out_channels"] == 2
+    # labels hold classes (a user's {0, 1} mask); the phantoms' nodule id 8 is written as class 1 files
+    assert wf.parser["target_labels"] is None and wf.parser["phantom_target_labels"] == [8]
+    assert wf.parser["out_channels"] == 2
     assert ConfigParser.load_config_file(trained / "configs" / "train.yaml")["pretrained"] is True
     train, val = wf.parser.get_parsed_content("train_data"), wf.parser.get_parsed_content("val_data")
     assert len(train) == 1 and len(val) == 1 and train[0]["image"] != val[0]["image"]
     assert {"image", "label", "nodules"} <= set(train[0])
+    label = nib.load(train[0]["label"])
+    assert Path(train[0]["label"]).parent.name == "labelsTr_8" and set(np.unique(label.dataobj)) == {0, 1}
 
 
 def test_evaluate_writes_dice_and_hd95(trained, tiny_pretrained_encoder):
@@ -147,7 +151,7 @@ def test_verify_net_in_out_and_torchscript_export(trained):
 def test_bad_inputs_are_named(trained, tmp_path, tiny_pretrained_encoder):
     labels = trained / "data" / "phantom" / "labelsTr"
     # organ ids 0..8 taken as classes of a 2-class network
-    wf = workflow(trained, pretrained=False, target_labels=None, **TINY)
+    wf = workflow(trained, pretrained=False, target_labels=None, phantom_target_labels=None, **TINY)
     item = wf.parser.get_parsed_content("val_data")[0]
     with pytest.raises(Exception) as info:
         wf.parser.get_parsed_content("validate::preprocessing")(item)

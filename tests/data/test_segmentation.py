@@ -106,3 +106,25 @@ def test_sts_collection_layout():
     label = LoadImaged("label", ensure_channel_first=True)(items[0])["label"]
     target = SegmentationTargetd("label", target_labels=None, num_classes=2, image_key=None)({"label": label})
     assert target["label"].sum() > 0
+
+
+def test_phantom_class_label_is_written_once_and_renewed_with_its_source(tmp_path):
+    import os
+
+    import nibabel as nib
+    import numpy as np
+
+    from dagman_components.data import phantom_class_label
+
+    organ = np.zeros((6, 6, 6), np.uint8)
+    organ[1:3, 1:3, 1:3], organ[4, 4, 4] = 8, 5
+    src = tmp_path / "labelsTr" / "a.nii.gz"
+    src.parent.mkdir()
+    nib.save(nib.Nifti1Image(organ, np.eye(4)), str(src))
+    out = phantom_class_label(str(src), [8])
+    assert out == str(tmp_path / "labelsTr_8" / "a.nii.gz")
+    assert np.asarray(nib.load(out).dataobj).sum() == 8 and set(np.unique(nib.load(out).dataobj)) == {0, 1}
+    assert phantom_class_label(str(src), [8]) == out
+    nib.save(nib.Nifti1Image((organ == 5).astype(np.uint8) * 8, np.eye(4)), str(src))  # the phantom regenerated
+    os.utime(src, (os.stat(out).st_mtime + 10,) * 2)
+    assert np.asarray(nib.load(phantom_class_label(str(src), [8])).dataobj).sum() == 1
