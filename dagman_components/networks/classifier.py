@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from monai.inferers import Inferer
 
 from dagman_components.networks.sa_swin import EncoderOutput, SASwinEncoder, make_encoder
-from dagman_components.options import as_bool
 
 __all__ = ["AttentionInferer", "BinaryClassificationLoss", "SAClassifier", "save_cpu_state_dict"]
 

@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from dagman_components.experiments import ablation as abl
-from dagman_components.experiments.ablation import report, runner
 from dagman_components.experiments.ablation import (
     GROUPS,
     VARIANTS,
     AblationBudget,
     Paths,
     aggregate,
+    report,
     run_ablation,
+    runner,
     units,
     write_report,
     write_result,
