@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+import dagman_components
 from dagman_components.analysis import OrganClusterer
 from dagman_components.networks import BUNDLE_ENCODER_ARGS, SAClassifier, SASwinEncoder, SASwinUNETR, save_encoder
 from dagman_components.release import ZOO_NAMES, main
@@ -28,9 +29,10 @@ BUNDLES = ("pretrain", "nodule_classification", "response_prediction", "segmenta
 
 # run `monai.bundle run` with the editable install of this project switched off: only the vendored copy can load
 ISOLATED_RUN = """
-import runpy, sys
+import os, runpy, sys
+repo = os.environ['DAGMAN_REPO_ROOT']  # the checkout an editable install points at
 sys.meta_path = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', type(f).__module__).lower()]
-sys.path = [p for p in sys.path if '__editable__' not in p and 'dagman' not in p.lower()]
+sys.path = [p for p in sys.path if '__editable__' not in p and os.path.realpath(p or '.') != repo]
 sys.path.insert(0, '')
 sys.argv = ['monai.bundle', 'run', '--config_file', 'configs/inference.yaml'] + sys.argv[1:]
 try:
@@ -144,6 +146,7 @@ def test_released_inference_runs_on_the_vendored_package(release, tmp_path, bund
     volume = rng.uniform(-1000, 400, (size,) * 3).astype(np.float32)
     nib.save(nib.Nifti1Image(volume, np.diag([2.0, 2.0, 2.0, 1.0])), data / "case0.nii.gz")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["DAGMAN_REPO_ROOT"] = os.path.realpath(Path(dagman_components.__file__).parents[1])
     result = subprocess.run([sys.executable, "-c", ISOLATED_RUN, "--dataset_dir", str(data)], cwd=root, env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
