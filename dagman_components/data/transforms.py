@@ -189,6 +189,7 @@ def two_view_crops(
     roi_size: Sequence[int],
     view_keys: Sequence[str] = ("view_1", "view_2"),
     source_key: str = "image",
+    view_region_size: Sequence[int] | None = None,
 ) -> list[Transform]:
     """
     Two (or more) independent random crops of one volume: the views of self-distillation.
@@ -198,10 +199,16 @@ def two_view_crops(
     (``SelectItemsd``), so datalist extras of any shape (label paths, nodule records) never reach the collate. The views are independent uniform crops: they may or may not overlap
     (docs/design.md, section 3, a choice; SMIT took two sub-crops of one larger crop).
 
+    With ``view_region_size``, one random region of that size is cropped first and every view is drawn
+    inside it, so two views overlap by at least ``2 * roi_size - view_region_size`` voxels per axis
+    (SMIT's two sub-crops of one larger crop; DINO's views are of one image).
+
     Args:
         roi_size: spatial size of each view; the source must be at least this large (``ct_preprocessing`` pads).
         view_keys: output keys. Default ("view_1", "view_2").
         source_key: key of the preprocessed volume. Default "image".
+        view_region_size: spatial size of the shared region, at least ``roi_size`` per axis; None (default):
+            the views are drawn from the whole volume.
 
     Returns:
         the list of transforms. Output per view key: (1, *roi_size).
@@ -211,7 +218,13 @@ def two_view_crops(
         raise ValueError(
             f"view_keys must be distinct keys other than source_key '{source_key}', got {tuple(view_keys)}."
         )
-    transforms: list[Transform] = [PerIterationCopyItemsd(source_key, times=len(view_keys), names=view_keys)]
+    transforms: list[Transform] = []
+    if view_region_size is not None:
+        region = [int(r) for r in ensure_tuple(view_region_size)]
+        if len(region) != len(ensure_tuple(roi_size)) or any(r < int(v) for r, v in zip(region, ensure_tuple(roi_size))):
+            raise ValueError(f"view_region_size must be at least roi_size {tuple(roi_size)} on every axis, got {tuple(region)}.")
+        transforms.append(RandSpatialCropd(source_key, roi_size=region, random_size=False))
+    transforms.append(PerIterationCopyItemsd(source_key, times=len(view_keys), names=view_keys))
     # one transform per view, so each view draws its own crop position
     transforms += [RandSpatialCropd(view_key, roi_size=roi_size, random_size=False) for view_key in view_keys]
     transforms.append(SelectItemsd(view_keys))
@@ -225,6 +238,7 @@ def pretrain_transforms(
     view_keys: Sequence[str] = ("view_1", "view_2"),
     check_images: bool = True,
     intensity_check: str = "ct",
+    view_region_size: Sequence[int] | None = None,
 ) -> Compose:
     """
     The pretraining chain: :py:func:`ct_preprocessing` (cacheable) then :py:func:`two_view_crops`.
@@ -239,6 +253,8 @@ def pretrain_transforms(
         view_keys: output keys of the views. Default ("view_1", "view_2").
         check_images: check every image's data while it is cached (see :py:func:`ct_preprocessing`). Default True.
         intensity_check: ``"ct"`` (default) or ``"none"`` (MR or pre-normalised data).
+        view_region_size: draw both views inside one random region of this size (see :py:func:`two_view_crops`);
+            None (default): anywhere in the volume.
 
     Returns:
         a ``monai.transforms.Compose`` taking ``{"image": path, ...}``.
@@ -252,5 +268,5 @@ def pretrain_transforms(
             check_images=check_images,
             intensity_check=intensity_check,
         )
-        + two_view_crops(roi_size, view_keys=view_keys, source_key="image")
+        + two_view_crops(roi_size, view_keys=view_keys, source_key="image", view_region_size=view_region_size)
     )

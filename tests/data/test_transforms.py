@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import pickle
 from pathlib import Path
 
@@ -153,3 +154,32 @@ def test_real_ct_through_pretraining_chain():
     for key in ("view_1", "view_2"):
         assert out[key].shape == (1, 64, 64, 64) and out[key].dtype == torch.float32
         assert 0.0 <= out[key].min() and out[key].max() <= 1.0
+
+
+def _crop_origin(volume: torch.Tensor, view: torch.Tensor) -> tuple[int, int, int]:
+    """Where ``view`` (1, r, r, r) lies in ``volume`` (1, D, H, W) whose voxels hold their own linear index."""
+    index = int(view[0, 0, 0, 0])
+    d, h, w = volume.shape[1:]
+    return index // (h * w), (index // w) % h, index % w
+
+
+@pytest.mark.parametrize("region", [None, (12, 12, 12)])
+def test_views_inside_one_region_overlap(region):
+    shape, roi = (40, 40, 40), (8, 8, 8)
+    volume = torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape)
+    crops = Compose(two_view_crops(roi, view_region_size=region))
+    crops.set_random_state(seed=0)
+    spans = []
+    for _ in range(50):
+        out = crops({"image": volume.clone()})
+        a, b = _crop_origin(volume, out["view_1"]), _crop_origin(volume, out["view_2"])
+        spans.append(max(abs(x - y) for x, y in zip(a, b)))
+    if region is None:
+        assert max(spans) > 12 - 8  # anywhere in the volume: some pairs lie further apart than a region allows
+    else:
+        assert max(spans) <= 12 - 8  # both views inside one 12^3 region: offsets differ by at most 4 per axis
+
+
+def test_view_region_must_hold_a_view():
+    with pytest.raises(ValueError, match="view_region_size"):
+        two_view_crops((8, 8, 8), view_region_size=(6, 12, 12))
