@@ -1,13 +1,5 @@
 """Analyses of a pretrained encoder: those the papers report (clustering, head diversity, localization) and a frozen-feature probe."""
 
-import warnings
-
-# `python -m dagman_components.analysis.probe` runs a module this package has already imported (for its
-# exports); runpy warns about that, harmlessly: the command-line run uses the __main__ copy throughout
-warnings.filterwarnings(
-    "ignore", message=r"'dagman_components\.analysis\.probe' found in sys\.modules", category=RuntimeWarning
-)
-
 from .attention_export import (
     AttentionMapNetwork,
     attention_export_postprocessing,

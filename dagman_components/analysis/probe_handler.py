@@ -202,9 +202,9 @@ class ProbeHandler:
         kwargs = self.encoder_kwargs
         if kwargs is None:
             if self.config_file is not None:
-                from dagman_components.analysis.probe import _resolve_kwargs
+                from dagman_components.analysis.probe import resolve_encoder_kwargs
 
-                kwargs = _resolve_kwargs(None, self.config_file)
+                kwargs = resolve_encoder_kwargs(None, self.config_file)
             else:
                 kwargs = encoder_kwargs_from_encoder(encoder)  # type: ignore[arg-type]
         self.encoder_kwargs = dict(kwargs)

@@ -1,0 +1,313 @@
+"""Probe scores: per-block features of a frozen encoder, the case-grouped linear probe, the organ kNN and the reference rows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from dagman_components.analysis.clustering import knn_accuracy, scale_features
+from dagman_components.analysis.probe.blocks import _DATA_CACHE, INTENSITY_STATISTICS, ProbeBlocks, ProbeData
+from dagman_components.analysis.probe.encoders import resolve_encoder_kwargs
+from dagman_components.networks.sa_swin import SASwinEncoder
+
+__all__ = ["clear_probe_cache", "block_features", "grouped_folds", "linear_probe", "organ_knn", "evaluate_encoder", "probe_baselines", "PROBE_FEATURES"]
+
+logger = logging.getLogger(__name__)
+
+#: per-block features of the frozen encoder (see the module docstring).
+PROBE_FEATURES: tuple[str, ...] = ("tokens", "sa_tokens", "multiscale")
+
+#: baseline results by (data key, architecture, options)
+_BASELINE_CACHE: dict[tuple, dict[str, Any]] = {}
+
+
+def clear_probe_cache() -> None:
+    """Forget the cached preprocessed blocks and baseline results."""
+    _DATA_CACHE.clear()
+    _BASELINE_CACHE.clear()
+
+
+def _fmt(value: float | None, std: float | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if std is None else f"{value:.3f} +- {std:.3f}"
+
+
+def _stage_features(out: Any, feature: str, grid: Sequence[int]) -> torch.Tensor:
+    """(B, N, C) per-token features of one encoder output."""
+    if feature == "tokens":
+        return out.tokens
+    if feature == "sa_tokens":
+        return out.sa_tokens
+    maps = []
+    for h in out.hidden_states:
+        if tuple(h.shape[2:]) == tuple(grid):
+            maps.append(h)
+        elif all(int(s) >= int(g) for s, g in zip(h.shape[2:], grid)):
+            maps.append(F.adaptive_avg_pool3d(h, tuple(grid)))
+        else:
+            maps.append(F.interpolate(h, size=tuple(grid), mode="trilinear", align_corners=False))
+    return torch.cat(maps, dim=1).flatten(2).transpose(1, 2)
+
+
+@torch.no_grad()
+def block_features(
+    encoder: SASwinEncoder,
+    blocks: ProbeBlocks,
+    feature: str = "tokens",
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+) -> np.ndarray:
+    """(M, C) float32 features of the labelled blocks from the frozen ``encoder``.
+
+    The encoder runs on each cached tile (``batch_size`` tiles per forward) under ``torch.no_grad``,
+    on ``device`` (None: the encoder's). The caller sets eval mode (:py:func:`evaluate_encoder` does).
+    C is 8F for ``"tokens"``/``"sa_tokens"`` at ``sa_stage=3`` and 31F for ``"multiscale"``.
+
+    Raises:
+        ValueError: an unknown ``feature``, ``"sa_tokens"`` without SA, or an encoder whose token stride
+            is not the blocks' size.
+    """
+    if feature not in PROBE_FEATURES:
+        raise ValueError(f"feature must be one of {PROBE_FEATURES}, got '{feature}'.")
+    if feature == "sa_tokens" and getattr(encoder, "semantic_attention", None) is None:
+        raise ValueError("feature 'sa_tokens' needs an encoder with semantic attention; use 'tokens'.")
+    stride = int(getattr(encoder, "token_stride", blocks.block_size))
+    if stride != blocks.block_size:
+        raise ValueError(f"the encoder's tokens cover {stride}^3 voxels, the prepared blocks {blocks.block_size}^3: "
+                         "prepare the data with block_size = encoder.token_stride.")
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    tiles = blocks.tiles_on(device)
+    grid = (blocks.tile_size // blocks.block_size,) * 3
+    per_tile = []
+    for start in range(0, len(tiles), max(1, int(batch_size))):
+        out = encoder(tiles[start : start + batch_size], stop_after_sa=feature != "multiscale")
+        per_tile.append(_stage_features(out, feature, grid).float().cpu())
+    if not per_tile:
+        return np.zeros((0, 0), dtype=np.float32)
+    features = torch.cat(per_tile)  # (T, N, C)
+    return features[torch.as_tensor(blocks.block_tile), torch.as_tensor(blocks.block_token)].numpy()
+
+
+def grouped_folds(
+    labels: np.ndarray, groups: np.ndarray, n_folds: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) index pairs of ``StratifiedGroupKFold(min(n_folds, cases), shuffle, seed)``: no group in both.
+
+    Raises ValueError with fewer than 2 groups (cases).
+    """
+    labels, groups = np.asarray(labels).reshape(-1), np.asarray(groups).reshape(-1)
+    n_groups = len(np.unique(groups))
+    folds = min(int(n_folds), n_groups)
+    if folds < 2:
+        raise ValueError(f"grouped cross-validation needs at least 2 cases, got {n_groups}.")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(train, test) for train, test in splitter.split(np.zeros(len(labels)), labels, groups)]
+
+
+def _metric(fn: Any, labels: np.ndarray, scores: np.ndarray) -> float | None:
+    return float(fn(labels, scores)) if len(np.unique(labels)) == 2 else None
+
+
+def linear_probe(
+    features: np.ndarray,
+    labels: np.ndarray,
+    groups: np.ndarray,
+    n_folds: int = 5,
+    C: float = 0.1,
+    max_iter: int = 5000,
+    seed: int = 0,
+    case_names: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Case-grouped cross-validated logistic-regression probe of binary ``labels``.
+
+    Args:
+        features: (M, C) features.
+        labels: (M,) 0/1 (1 = tumour).
+        groups: (M,) case of each row; a case is never in both parts of a fold (:py:func:`grouped_folds`).
+        n_folds: folds (5), lowered to the number of cases.
+        C: inverse L2 strength of ``LogisticRegression`` (0.1) **[choice]**, after ``StandardScaler``;
+            ``class_weight="balanced"``, lbfgs, ``max_iter`` (5000).
+        seed: the folds' shuffle seed.
+        case_names: names of the group ids, for the per-fold case lists.
+
+    Returns:
+        ``{"auc", "ap", "prevalence", "num_blocks", "num_features", "folds", "per_fold": [{fold, auc, ap, num_test,
+        num_tumour, test_cases, train_cases}], "C"}``; ``auc``/``ap`` of the pooled out-of-fold
+        probabilities (``ap``'s chance level is ``prevalence``). A fold whose training part lacks a
+        class predicts the training prevalence.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    labels, groups = np.asarray(labels).reshape(-1).astype(np.int64), np.asarray(groups).reshape(-1)
+    if features.ndim != 2 or len(features) != len(labels) or len(labels) != len(groups):
+        raise ValueError(f"features (M, C), labels (M,), groups (M,) expected, got {features.shape}, "
+                         f"{labels.shape}, {groups.shape}.")
+    if not np.isfinite(features).all():
+        raise ValueError("probe features contain NaN or infinite values.")
+    names = (lambda g: str(case_names[int(g)])) if case_names is not None else (lambda g: str(int(g)))
+    scores = np.zeros(len(labels), dtype=np.float64)
+    per_fold = []
+    for k, (train, test) in enumerate(grouped_folds(labels, groups, n_folds, seed)):
+        if len(np.unique(labels[train])) < 2:
+            scores[test] = labels[train].mean()
+            logger.warning(f"probe fold {k}: the training cases hold one class only; predicting its prevalence")
+        else:
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=C, class_weight="balanced", max_iter=max_iter))
+            model.fit(features[train], labels[train])
+            scores[test] = model.predict_proba(features[test])[:, 1]
+        per_fold.append({
+            "fold": k,
+            "auc": _metric(roc_auc_score, labels[test], scores[test]),
+            "ap": _metric(average_precision_score, labels[test], scores[test]),
+            "num_test": int(len(test)),
+            "num_tumour": int(labels[test].sum()),
+            "test_cases": sorted({names(g) for g in groups[test]}),
+            "train_cases": sorted({names(g) for g in groups[train]}),
+        })
+    return {
+        "auc": _metric(roc_auc_score, labels, scores),
+        "ap": _metric(average_precision_score, labels, scores),
+        "prevalence": float(labels.mean()),
+        "num_blocks": int(len(labels)),
+        "num_features": int(features.shape[1]),
+        "folds": len(per_fold),
+        "C": float(C),
+        "per_fold": per_fold,
+    }
+
+
+def organ_knn(features: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5, seed: int = 0) -> dict[str, Any]:
+    """kNN organ accuracy on standardised (M, C) ``features``: :py:func:`~dagman_components.analysis.clustering.knn_accuracy`.
+
+    Euclidean, distance-weighted, stratified ``folds`` (5). Neighbouring blocks of one organ are
+    correlated and the folds are not grouped, so the absolute accuracy is optimistic; compare rows.
+    """
+    return knn_accuracy(scale_features(np.asarray(features, dtype=np.float64), "standardize"), labels, k=k,
+                        folds=folds, seed=seed)
+
+
+def _scores(
+    features_of: Any,
+    data: ProbeData,
+    n_folds: int,
+    C: float,
+    max_iter: int,
+    knn_k: int,
+    seed: int,
+) -> dict[str, Any]:
+    tumour = data.tumour
+    result: dict[str, Any] = {"tumour": linear_probe(features_of(tumour), tumour.labels, tumour.groups, n_folds, C,
+                                                     max_iter, seed, tumour.cases)}
+    result["organ"] = None
+    if data.organ is not None:
+        result["organ"] = organ_knn(features_of(data.organ), data.organ.labels, k=knn_k, folds=n_folds, seed=seed)
+    return result
+
+
+def evaluate_encoder(
+    encoder: SASwinEncoder,
+    data: ProbeData,
+    feature: str = "tokens",
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    n_folds: int = 5,
+    C: float = 0.1,
+    max_iter: int = 5000,
+    knn_k: int = 5,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Tumour probe and organ kNN of an in-memory ``encoder`` on prepared ``data`` (:py:func:`prepare_probe_data`).
+
+    The encoder is put in eval mode for the evaluation and returned to its previous mode. Returns
+    ``{"tumour": linear_probe result, "organ": knn result or None}``.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        return _scores(lambda b: block_features(encoder, b, feature, batch_size, device), data, n_folds, C,
+                       max_iter, knn_k, seed)
+    finally:
+        encoder.train(was_training)
+
+
+def _random_encoder(encoder_kwargs: Mapping[str, Any], seed: int) -> SASwinEncoder:
+    """``torch.manual_seed(seed)`` then the encoder, without touching the caller's global RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return SASwinEncoder(**{**encoder_kwargs, "drop_path_rate": 0.0})
+
+
+def _summary_line(scores: Mapping[str, Any]) -> str:
+    organ = scores.get("organ")
+    return (f"tumour AUC {_fmt(scores['tumour']['auc'])}, AP {_fmt(scores['tumour']['ap'])}, organ kNN "
+            f"{_fmt(None if organ is None else organ['accuracy_mean'])}")
+
+
+def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    kept = [v for v in values if v is not None]
+    return (float(np.mean(kept)), float(np.std(kept))) if kept else (None, None)
+
+
+def probe_baselines(
+    data: ProbeData,
+    encoder_kwargs: Mapping[str, Any],
+    n_random_seeds: int = 3,
+    feature: str = "tokens",
+    batch_size: int = 4,
+    device: torch.device | str = "cpu",
+    n_folds: int = 5,
+    C: float = 0.1,
+    max_iter: int = 5000,
+    knn_k: int = 5,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> dict[str, Any]:
+    """The reference rows on the same blocks: random-init encoders and the intensity statistics (cached).
+
+    Random init: for seed s in ``range(n_random_seeds)`` (3; 0 gives no random-init row, its values
+    None), ``torch.manual_seed(s)`` then ``SASwinEncoder(**encoder_kwargs)``, the arguments taken
+    over :py:data:`DEFAULT_ENCODER_KWARGS` (train.yaml's); the caller's RNG state is restored.
+    Intensity: the four statistics of :py:data:`INTENSITY_STATISTICS` per block through the same
+    probe / kNN. Results are cached per data, architecture and options (``use_cache``).
+
+    Returns:
+        ``{"random_init": {"seeds", "tumour_auc_mean", "tumour_auc_std", "tumour_ap_mean",
+        "tumour_ap_std", "organ_knn_mean", "organ_knn_std", "per_seed": [{"seed", "tumour", "organ"}]},
+        "intensity": {"tumour", "organ"}}``.
+    """
+    kwargs = resolve_encoder_kwargs(encoder_kwargs, None)
+    key = (data.key, json.dumps(kwargs, sort_keys=True, default=str), int(n_random_seeds), feature, int(n_folds),
+           float(C), int(max_iter), int(knn_k), int(seed))
+    if use_cache and key in _BASELINE_CACHE:
+        return _BASELINE_CACHE[key]
+    options = dict(n_folds=n_folds, C=C, max_iter=max_iter, knn_k=knn_k, seed=seed)
+    per_seed = []
+    for s in range(int(n_random_seeds)):
+        encoder = _random_encoder(kwargs, s).to(device)
+        per_seed.append({"seed": s, **evaluate_encoder(encoder, data, feature, batch_size, device, **options)})
+        del encoder
+        logger.info(f"probe: random init seed {s}: {_summary_line(per_seed[-1])}")
+    random_init: dict[str, Any] = {"seeds": list(range(int(n_random_seeds)))}
+    for name, get in (("tumour_auc", lambda r: r["tumour"]["auc"]), ("tumour_ap", lambda r: r["tumour"]["ap"]),
+                      ("organ_knn", lambda r: None if r["organ"] is None else r["organ"]["accuracy_mean"])):
+        random_init[f"{name}_mean"], random_init[f"{name}_std"] = _mean_std([get(r) for r in per_seed])
+    random_init["per_seed"] = per_seed
+    intensity = _scores(lambda b: b.intensity, data, **options)
+    result = {"random_init": random_init, "intensity": {"statistics": list(INTENSITY_STATISTICS), **intensity}}
+    if use_cache:
+        _BASELINE_CACHE[key] = result
+    return result
+
+
