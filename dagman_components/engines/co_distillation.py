@@ -223,7 +223,7 @@ class CoDistillationTrainer(Trainer):
             CollapseMonitor(
                 {name: ce.center.shape[1] for name, ce in self.loss_function.distillation.items()},
                 # the entropy bounds apply once the teacher temperature has warmed up
-                grace_epochs=max((ce.warmup_teacher_temp_epochs for ce in self.loss_function.distillation.values()), default=0),
+                grace_epochs=max((ce.warmup_epochs(max_epochs) for ce in self.loss_function.distillation.values()), default=0),
             ),
             *(handlers or ()),
         ):

@@ -171,7 +171,10 @@ class EpochSeed:
 
 
 class TeacherTemperatureSchedule:
-    """At every epoch start, move the loss's teacher temperature along its warm-up (0.04 -> 0.07 over 30 epochs)."""
+    """At every epoch start, move the loss's teacher temperature along its warm-up (0.04 -> 0.07 over 30 epochs).
+
+    The warm-up is at most half of the run (``engine.state.max_epochs``, which MONAI Label overrides).
+    """
 
     def __init__(self, loss_function: nn.Module) -> None:
         self.loss_function = loss_function
@@ -180,7 +183,7 @@ class TeacherTemperatureSchedule:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
-        self.loss_function.set_epoch(engine.state.epoch - 1)
+        self.loss_function.set_epoch(engine.state.epoch - 1, engine.state.max_epochs)
 
 
 class FreezeLastLayer:

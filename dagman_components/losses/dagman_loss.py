@@ -157,9 +157,9 @@ class DAGMaNLoss(nn.Module):
         """Current tau_t (shared by all heads)."""
         return next(iter(self.distillation.values())).teacher_temp if self.distillation else float("nan")
 
-    def set_epoch(self, epoch: int) -> float:
-        """Move every head's tau_t to 0-based ``epoch`` of the warm-up schedule; returns it."""
-        temps = [ce.set_epoch(epoch) for ce in self.distillation.values()]
+    def set_epoch(self, epoch: int, max_epochs: int | None = None) -> float:
+        """Move every head's tau_t to 0-based ``epoch`` of the warm-up schedule of a ``max_epochs`` run; returns it."""
+        temps = [ce.set_epoch(epoch, max_epochs) for ce in self.distillation.values()]
         return temps[0] if temps else float("nan")
 
     def forward(

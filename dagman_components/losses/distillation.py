@@ -119,10 +119,20 @@ class DistillationCE(nn.Module):
         self.teacher_temp = warmup_teacher_temp
         self.register_buffer("center", torch.zeros(1, out_dim))
 
-    def set_epoch(self, epoch: int) -> float:
-        """Set tau_t for 0-based ``epoch`` and return it."""
+    def warmup_epochs(self, max_epochs: int | None = None) -> int:
+        """The temperature warm-up's length: ``warmup_teacher_temp_epochs``, at most half of a ``max_epochs`` run.
+
+        A run shorter than twice the warm-up (a 2-epoch MONAI Label run of a 4-epoch warm-up) would otherwise
+        never reach tau_t; the learning-rate warm-up of the bundles is capped the same way.
+        """
+        if max_epochs is None:
+            return int(self.warmup_teacher_temp_epochs)
+        return min(int(self.warmup_teacher_temp_epochs), max(1, int(max_epochs) // 2))
+
+    def set_epoch(self, epoch: int, max_epochs: int | None = None) -> float:
+        """Set tau_t for 0-based ``epoch`` of a ``max_epochs`` run (None: no cap, see :meth:`warmup_epochs`); returns it."""
         self.teacher_temp = teacher_temperature(
-            epoch, self.warmup_teacher_temp, self.final_teacher_temp, self.warmup_teacher_temp_epochs
+            epoch, self.warmup_teacher_temp, self.final_teacher_temp, self.warmup_epochs(max_epochs)
         )
         return self.teacher_temp
 

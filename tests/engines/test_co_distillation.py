@@ -22,10 +22,10 @@ ROI = 32  # smallest input the Swin accepts; the SA-stage grid is 2x2x2 = 8 toke
 
 
 def make_trainer(n_batches=2, max_epochs=1, masking="attention_high", use_sa=True, drop=0.7, handlers=(),
-                 use_checkpoint=False, **kwargs):
+                 use_checkpoint=False, warmup_teacher_temp_epochs=2, **kwargs):
     torch.manual_seed(0)
     encoder = SASwinEncoder(feature_size=12, use_semantic_attention=use_sa, drop_path_rate=0.1, use_checkpoint=use_checkpoint)
-    loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=2)
+    loss = DAGMaNLoss(out_dim=64, aitd_weight=0.1 if use_sa else 0.0, warmup_teacher_temp_epochs=warmup_teacher_temp_epochs)
     model = DAGMaNPretrainModel(encoder, loss, hidden_dim=32, bottleneck_dim=16)
     data = [{"view_1": torch.rand(2, 1, ROI, ROI, ROI), "view_2": torch.rand(2, 1, ROI, ROI, ROI)} for _ in range(n_batches)]
     optimizer = torch.optim.AdamW(parameter_groups(model, 0.05), lr=1e-3)
@@ -242,10 +242,12 @@ def test_collapse_monitor_applies_the_entropy_bounds_after_the_warm_up(caplog, e
     assert len(messages) == len(expected) and all(e in m for e, m in zip(expected, messages))
 
 
-def test_trainer_monitor_waits_for_the_teacher_temperature_warm_up():
-    trainer = make_trainer()
+@pytest.mark.parametrize("max_epochs, grace", [(10, 2), (2, 1)])
+def test_trainer_monitor_waits_for_the_teacher_temperature_warm_up(max_epochs, grace):
+    # the loss's warm-up is 2 epochs; a 2-epoch run shortens it to 1 (at most half the run)
+    trainer = make_trainer(max_epochs=max_epochs)
     monitor = next(h for h in trainer._event_handlers[Events.EPOCH_COMPLETED] if isinstance(getattr(h[0], "__self__", None), CollapseMonitor))
-    assert monitor[0].__self__.grace_epochs == trainer.loss_function.distillation["aitd"].warmup_teacher_temp_epochs
+    assert monitor[0].__self__.grace_epochs == grace
 
 
 def test_collapse_monitor_warns_when_every_sample_gets_the_same_distribution(caplog):
@@ -411,3 +413,13 @@ def test_parameter_groups_scale_the_encoder_lr_and_keep_two_groups_by_default():
     del scheduler
     with pytest.raises(ValueError, match="needs the base lr"):
         parameter_groups(model, 0.05, encoder_lr_scale=0.5)
+
+
+def test_a_run_shorter_than_twice_the_warm_up_reaches_the_teacher_temperature():
+    # warm-up 4 epochs, run 2 epochs: the schedule is capped at 1 epoch, so the second epoch trains at tau_t
+    # (uncapped it would still be at 0.05)
+    trainer = make_trainer(n_batches=1, max_epochs=2, warmup_teacher_temp_epochs=4)
+    temperatures = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: temperatures.append(round(e.loss_function.teacher_temp, 4)))
+    trainer.run()
+    assert temperatures == [0.04, 0.07]

@@ -44,6 +44,15 @@ def test_teacher_temperature_schedule():
     assert [round(ce.set_epoch(e), 4) for e in range(4)] == [0.04, 0.055, 0.07, 0.07]
 
 
+def test_teacher_temperature_warm_up_is_at_most_half_the_run():
+    ce = DistillationCE(4, warmup_teacher_temp_epochs=4)
+    # a 2-epoch run (MONAI Label's override) reaches tau_t in its second epoch instead of never
+    assert [round(ce.set_epoch(e, max_epochs=2), 4) for e in range(2)] == [0.04, 0.07]
+    assert ce.warmup_epochs(2) == 1 and ce.warmup_epochs(20) == 4 and ce.warmup_epochs() == 4
+    # a run long enough keeps the configured schedule
+    assert [round(ce.set_epoch(e, max_epochs=20), 4) for e in range(4)] == [0.04, 0.05, 0.06, 0.07]
+
+
 def test_entropy_monitors_detect_both_collapses():
     k = 64
     uniform = torch.full((8, k), 1.0 / k)
