@@ -45,6 +45,10 @@ class DINOHead(nn.Module):
         norm_last_layer: freeze the weight-norm gain (True, DINO's stable setting).
         input_norm: ``"none"`` (DINO/SMIT, the papers) or ``"batch"`` (:func:`batch_standardize` on the
             input rows) **[choice]**; see :data:`HEAD_INPUT_NORMS`.
+        output_norm: ``"none"`` (DINO/SMIT, the papers) or ``"batch"``: :func:`batch_standardize` on the
+            bottleneck rows before the L2 normalisation **[choice]**. A small-batch head can map every sample to
+            nearly one bottleneck point (the centering then flattens the targets to uniform); standardising
+            the bottleneck over the rows keeps the samples apart, as BN in the projector does for BYOL.
     """
 
     def __init__(
@@ -56,13 +60,17 @@ class DINOHead(nn.Module):
         num_layers: int = 3,
         norm_last_layer: bool = True,
         input_norm: str = "none",
+        output_norm: str = "none",
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"DINOHead needs num_layers >= 1, got {num_layers}.")
         if input_norm not in HEAD_INPUT_NORMS:
             raise ValueError(f"input_norm must be one of {HEAD_INPUT_NORMS}, got {input_norm!r}.")
+        if output_norm not in HEAD_INPUT_NORMS:
+            raise ValueError(f"output_norm must be one of {HEAD_INPUT_NORMS}, got {output_norm!r}.")
         self.input_norm = input_norm
+        self.output_norm = output_norm
         dims = [in_dim] + [hidden_dim] * (num_layers - 1) + [bottleneck_dim]
         layers: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims[:-1], dims[1:])):
@@ -89,7 +97,11 @@ class DINOHead(nn.Module):
         if self.input_norm == "batch":
             with torch.autocast(device_type=x.device.type, enabled=False):
                 x = batch_standardize(x.float())
-        x = F.normalize(self.mlp(x).float(), dim=-1, eps=1e-6)
+        x = self.mlp(x).float()
+        if self.output_norm == "batch":
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = batch_standardize(x)
+        x = F.normalize(x, dim=-1, eps=1e-6)
         with torch.autocast(device_type=x.device.type, enabled=False):
             return self.last_layer(x)
 

@@ -40,6 +40,8 @@ class DAGMaNPretrainModel(nn.Module):
             semantic attention layer"); ``"sa"``: patch tokens after the SA blocks.
         head_input_norm: ``"none"`` (papers) or ``"batch"`` (per-feature batch standardisation in
             front of every DINO head, teacher too) **[choice]**, see :class:`DINOHead`.
+        head_output_norm: ``"none"`` (papers) or ``"batch"`` (the same on every DINO head's bottleneck, before its
+            L2 normalisation) **[choice]**, see :class:`DINOHead`.
     """
 
     def __init__(
@@ -50,6 +52,7 @@ class DAGMaNPretrainModel(nn.Module):
         bottleneck_dim: int = 256,
         ampd_tokens: str = "premerge",
         head_input_norm: str = "none",
+        head_output_norm: str = "none",
     ) -> None:
         super().__init__()
         if not isinstance(loss, DAGMaNLoss):
@@ -69,7 +72,9 @@ class DAGMaNPretrainModel(nn.Module):
         self.ampd_tokens = ampd_tokens
 
         def head(in_dim: int, build: bool) -> DINOHead | None:
-            return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, input_norm=head_input_norm) if build else None
+            if not build:
+                return None
+            return DINOHead(in_dim, out_dim, hidden_dim, bottleneck_dim, input_norm=head_input_norm, output_norm=head_output_norm)
 
         self.patch_head = head(encoder.sa_dim // 2 if ampd_tokens == "premerge" else encoder.sa_dim, ampd_head)
         self.cls_head = head(encoder.sa_dim, aitd_head)

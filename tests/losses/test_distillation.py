@@ -137,3 +137,18 @@ def test_batch_standardised_head_input_keeps_differences_between_near_identical_
     assert torch.equal(batch_standardize(rows[:1]), rows[:1])
     with pytest.raises(ValueError, match="input_norm"):
         DINOHead(16, input_norm="layer")
+
+
+def test_batch_standardised_bottleneck_keeps_samples_apart_when_the_mlp_maps_them_to_one_point():
+    torch.manual_seed(0)
+    rows = torch.randn(8, 16)
+    plain = DINOHead(16, out_dim=32, hidden_dim=16, bottleneck_dim=8, input_norm="batch").eval()
+    with torch.no_grad():  # the small-batch collapse: a dominant bias, every sample at nearly one bottleneck point
+        plain.mlp[-1].weight.mul_(1e-3)
+        plain.mlp[-1].bias.fill_(1.0)
+    head = DINOHead(16, out_dim=32, hidden_dim=16, bottleneck_dim=8, input_norm="batch", output_norm="batch").eval()
+    head.load_state_dict(plain.state_dict())
+    spread = lambda logits: (logits - logits.mean(0)).std().item()  # noqa: E731  what survives the centering
+    assert spread(plain(rows)) < 1e-2 and spread(head(rows)) > 0.1
+    with pytest.raises(ValueError, match="output_norm"):
+        DINOHead(16, output_norm="layer")
