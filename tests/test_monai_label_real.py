@@ -114,7 +114,7 @@ def test_released_segmentation_bundle_in_monai_label(tmp_path):
     env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [str(MONAILABEL_PYTHON), str(DRIVER), "--bundle", str(bundle), "--infer_image", str(infer_image),
            "--studies", str(tmp_path / "studies"), "--images", str(images), "--labels", str(labels),
-           "--max_epochs", "2", "--out", str(out)]
+           "--max_epochs", "2", "--small_round", "2", "--out", str(out)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-6000:]
     result = json.loads(out.read_text())
@@ -142,3 +142,8 @@ def test_released_segmentation_bundle_in_monai_label(tmp_path):
     assert result["model_changed"] and result["model_keys_cpu"]
     assert result["reloaded"] and not result["key_mismatch"]
     assert result["labels_changed"]
+
+    # two labelled images: MONAI Label's 80/20 split validates on none; the run still replaces models/model.pt
+    assert result["small_round"]["labelled"] == 2
+    assert "validate#dataset#data: []" in log and "no validation produced a key metric" in log
+    assert result["small_round"]["model_changed"] and result["small_round"]["reloaded"]
