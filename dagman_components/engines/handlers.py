@@ -120,11 +120,13 @@ class FinalValidationHandler(ValidationHandler):
     ``train::trainer::max_epochs`` override) still validates and saves its key-metric model.
 
     ``save_if_unvalidated``: a file to which the validator's network (a CPU state dict, unwrapped from
-    DDP) is saved when training completes without any validation having produced a key metric, i.e.
-    when the key-metric ``CheckpointSaver`` wrote nothing in this run. That happens when the validation
-    data is empty (MONAI Label's default 80/20 split of one or two labelled images gives no validation
-    item) or its metric is NaN throughout (no target voxel in any validation label); without it the
-    training's weights would be lost and ``models/model.pt`` left as it was. Only rank 0 saves.
+    DDP) is saved when training completes without any validation having recorded a key metric
+    (``validator.state.best_metric_epoch`` still -1), so the key-metric ``CheckpointSaver`` wrote nothing
+    in this run. That happens when the validation data is empty (MONAI Label's default 80/20 split of one
+    or two labelled images gives no validation item): the evaluator skips its run, and without this the
+    training's weights would be lost and ``models/model.pt`` left as it was. (A NaN key metric does not
+    trigger it: MONAI records the first validation's key metric even when it is NaN.)
+    Only rank 0 saves.
     """
 
     def __init__(
@@ -155,8 +157,8 @@ class FinalValidationHandler(ValidationHandler):
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
         logger.warning(
-            "no validation produced a key metric in this run (empty validation data, or a NaN metric: no "
-            "target in the validation labels); saved the final weights (epoch %d) to %s",
+            "no validation produced a key metric in this run (empty validation data?); saved the final "
+            "weights (epoch %d) to %s",
             engine.state.epoch, path,
         )
 
