@@ -12,8 +12,11 @@ this project:
   puts the launch directory first), in MONAI Label (``BundleInferTask`` inserts the bundle folder at
   ``sys.path[0]`` before it parses the config), or with ``PYTHONPATH=<bundle>`` from anywhere else.
 - ``models/model.pt``: the bundle's trained weights; a downstream bundle also carries the encoder it
-  was trained from as ``models/encoder.pt``, and its configs point ``pretrained_path`` (train, evaluate)
-  and ``encoder_checkpoint`` (inference) there instead of ``../pretrain/models/model.pt``.
+  was trained from as ``models/encoder/encoder.pt``, and its configs point ``pretrained_path`` (train,
+  evaluate) and ``encoder_checkpoint`` (inference) there instead of ``../pretrain/models/model.pt``. The
+  encoder sits in a subfolder because MONAI Label offers every ``models/*.pt`` as a ``model_filename``
+  choice for inference and training, and loads the one picked with ``strict=False``: an encoder file
+  there would run the network with random decoder weights after a mere warning.
 - ``large_files.yml``: URL and md5 of each weight file, for hosting the weights outside the zip.
 - ``configs/metadata.json`` without this project's package in ``required_packages_version`` (it is
   vendored, and not on PyPI; the model zoo's CI pip-installs that list).
@@ -52,6 +55,8 @@ DOWNSTREAM = ("nodule_classification", "response_prediction", "segmentation", "o
 PROJECT_PACKAGES = ("dagman-components", "dagman_components", "dagman-bundles")
 BUNDLE_PARTS = ("configs", "docs", "LICENSE")
 DEFAULT_URL = "https://github.com/dagman-bundles/dagman-bundles/releases/download/{name}_v{version}/{file}"
+# a downstream bundle's encoder, relative to the bundle root: not models/*.pt, which MONAI Label lists as models
+ENCODER_PATH = ("models", "encoder", "encoder.pt")
 
 def _md5(path: Path) -> str:
     digest = hashlib.md5()
@@ -72,7 +77,7 @@ def _copy_package(target: Path) -> None:
 def _rewrite_config(text: str, bundle: str, zoo_name: str) -> str:
     text = text.replace(f"locate_bundle_root('{bundle}')", f"locate_bundle_root('{zoo_name}')")
     if bundle in DOWNSTREAM:
-        encoder = "\"$os.path.join(@bundle_root, 'models', 'encoder.pt')\""
+        encoder = "\"$os.path.join(@bundle_root, " + ", ".join(f"'{part}'" for part in ENCODER_PATH) + ")\""
         text = re.sub(r"(?m)^pretrained_path: .*$", f"pretrained_path: {encoder}", text)
         text = re.sub(r"(?m)^encoder_checkpoint: null.*$", f"encoder_checkpoint: {encoder}", text)
     return text
@@ -126,13 +131,13 @@ def release_bundle(
         models.mkdir()
         shutil.copy2(model, models / "model.pt")
         if encoder_file is not None:
-            shutil.copy2(encoder_file, models / "encoder.pt")
+            (target / Path(*ENCODER_PATH)).parent.mkdir(parents=True)
+            shutil.copy2(encoder_file, target / Path(*ENCODER_PATH))
         entries = []
-        for weight in sorted(models.glob("*.pt")):
+        for weight in sorted(models.rglob("*.pt")):
+            path = weight.relative_to(target).as_posix()
             url = base_url.format(name=zoo_name, version=version, file=weight.name)
-            entries.append(
-                f'  - path: "models/{weight.name}"\n    url: "{url}"\n    hash_val: "{_md5(weight)}"\n    hash_type: "md5"\n'
-            )
+            entries.append(f'  - path: "{path}"\n    url: "{url}"\n    hash_val: "{_md5(weight)}"\n    hash_type: "md5"\n')
         (target / "large_files.yml").write_text("large_files:\n" + "".join(entries))
         archive = output_dir / f"{zoo_name}_v{version}.zip"
         with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:

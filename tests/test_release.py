@@ -90,16 +90,19 @@ def test_zip_layout(release):
 @pytest.mark.parametrize("bundle", ["nodule_classification", "response_prediction", "segmentation", "organ_clustering"])
 def test_downstream_carries_encoder_and_points_at_it(release, bundle):
     root = release["models"] / ZOO_NAMES[bundle]
-    assert (root / "models" / "encoder.pt").is_file()
+    assert (root / "models" / "encoder" / "encoder.pt").is_file()
+    # MONAI Label offers every models/*.pt as a model to load (strict=False): only the bundle's own model is there
+    assert sorted(p.name for p in (root / "models").glob("*.pt")) == ["model.pt"]
     for config in ("inference.yaml", "train.yaml", "evaluate.yaml"):  # evaluate.yaml layers on train.yaml
         if not (root / "configs" / config).is_file():  # organ_clustering: no evaluate.yaml
             continue
         text = (root / "configs" / config).read_text()
-        assert "'pretrain'" not in text and ("encoder.pt" in text or config == "evaluate.yaml"), config
+        assert "'pretrain'" not in text and ("'encoder', 'encoder.pt'" in text or config == "evaluate.yaml"), config
     metadata = json.loads((root / "configs" / "metadata.json").read_text())
     assert "dagman-components" not in metadata["required_packages_version"]
     large = (root / "large_files.yml").read_text()
-    for weight in ("model.pt", "encoder.pt"):
+    for weight in ("model.pt", "encoder/encoder.pt"):
+        assert f'path: "models/{weight}"' in large
         assert hashlib.md5((root / "models" / weight).read_bytes()).hexdigest() in large
 
 

@@ -118,10 +118,22 @@ class FinalValidationHandler(ValidationHandler):
     It runs the validator every ``interval`` epochs and once more at ``max_epochs`` when that is not a
     multiple of ``interval``, so a run shorter than ``interval`` (e.g. MONAI Label's
     ``train::trainer::max_epochs`` override) still validates and saves its key-metric model.
+
+    ``save_if_unvalidated``: a file to which the validator's network (a CPU state dict, unwrapped from
+    DDP) is saved when training completes without any validation having recorded a key metric
+    (``validator.state.best_metric_epoch`` still -1), so the key-metric ``CheckpointSaver`` wrote nothing
+    in this run. That happens when the validation data is empty (MONAI Label's default 80/20 split of one
+    or two labelled images gives no validation item): the evaluator skips its run, and without this the
+    training's weights would be lost and ``models/model.pt`` left as it was. (A NaN key metric does not
+    trigger it: MONAI records the first validation's key metric even when it is NaN.)
+    Only rank 0 saves.
     """
 
-    def __init__(self, interval: int, validator=None, exec_at_start: bool = False) -> None:
+    def __init__(
+        self, interval: int, validator=None, exec_at_start: bool = False, save_if_unvalidated: str | None = None
+    ) -> None:
         super().__init__(interval=interval, validator=validator, epoch_level=True, exec_at_start=exec_at_start)
+        self.save_if_unvalidated = save_if_unvalidated
 
     def _due(self, engine: Engine, epoch: int) -> bool:
         return epoch % self.interval == 0 or epoch == engine.state.max_epochs
@@ -130,6 +142,25 @@ class FinalValidationHandler(ValidationHandler):
         engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=self._due), self)
         if self.exec_at_start:
             engine.add_event_handler(Events.STARTED, self)
+        if self.save_if_unvalidated is not None:
+            engine.add_event_handler(Events.COMPLETED, self._save_if_unvalidated)
+
+    def _save_if_unvalidated(self, engine: Engine) -> None:
+        state = getattr(self.validator, "state", None)
+        if getattr(state, "best_metric_epoch", -1) != -1:
+            return  # a key metric was recorded: the key-metric checkpoint is this run's model
+        if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
+            return
+        network = self.validator.network
+        network = network.module if hasattr(network, "module") else network  # DDP / DataParallel
+        path = Path(self.save_if_unvalidated)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
+        logger.warning(
+            "no validation produced a key metric in this run (empty validation data?); saved the final "
+            "weights (epoch %d) to %s",
+            engine.state.epoch, path,
+        )
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -88,6 +88,48 @@ def test_monai_label_style_two_epoch_run_validates_and_saves(tmp_path, tiny_pret
     assert (bundle / "models" / "model.pt").is_file()
 
 
+def test_monai_label_style_run_without_validation_data_saves_final_model(tmp_path, tiny_pretrained_encoder, caplog):
+    """MONAI Label's 80/20 split of two labelled images leaves validation empty: the trained weights still land."""
+    bundle = tmp_path / "segmentation"
+    shutil.copytree(BUNDLES / "segmentation" / "configs", bundle / "configs")
+    tiny = {"phantom_volumes": 2, "num_folds": 2, "spacing": [4.0, 4.0, 4.0], "batch_size": 1, "sw_batch_size": 1,
+            "cache_workers": 1, "pretrained_path": str(tiny_pretrained_encoder)}
+    items = [{"image": item["image"], "label": item["label"]}
+             for item in workflow(bundle, **tiny).parser.get_parsed_content("all_data")]
+    wf = workflow(bundle, **tiny, **{"train::trainer::max_epochs": 1, "train::dataset::data": items,
+                                      "validate::dataset::data": []})
+    with caplog.at_level("WARNING", logger="dagman_components.engines.handlers"):
+        wf.run()
+    wf.finalize()
+    model = bundle / "models" / "model.pt"
+    assert model.is_file()
+    assert any("no validation produced a key metric" in r.getMessage() for r in caplog.records)
+    state = torch.load(model, map_location="cpu", weights_only=True)
+    network = wf.parser.get_parsed_content("network")
+    assert set(state) == set(network.state_dict())
+    assert all(torch.equal(state[k], v.cpu()) for k, v in network.state_dict().items())  # the final weights
+
+
+@pytest.mark.parametrize("best_metric_epoch, saved", [(-1, True), (2, False)])
+def test_final_validation_handler_saves_when_nothing_was_validated(tmp_path, best_metric_epoch, saved):
+    from ignite.engine import Engine
+
+    from dagman_components.engines import FinalValidationHandler
+
+    network = torch.nn.Linear(2, 1)
+    validator = SimpleNamespace(run=lambda epoch: None, network=torch.nn.DataParallel(network),
+                                state=SimpleNamespace(best_metric_epoch=best_metric_epoch))
+    target = tmp_path / "models" / "model.pt"
+    trainer = Engine(lambda engine, batch: None)
+    handler = FinalValidationHandler(interval=5, save_if_unvalidated=str(target))
+    handler.validator = validator  # the constructor accepts only a monai Evaluator
+    handler.attach(trainer)
+    trainer.run([0], max_epochs=2)
+    assert target.is_file() == saved
+    if saved:  # unwrapped from DataParallel: the bare network's keys
+        assert set(torch.load(target, weights_only=True)) == {"weight", "bias"}
+
+
 @pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="mlflow is not installed (extra: mlflow)")
 def test_tracking_mlflow_logs_params_metrics_and_config(tmp_path, tiny_pretrained_encoder):
     """``--tracking mlflow`` on organ_clustering (the smallest run): a local store under the output dir."""
