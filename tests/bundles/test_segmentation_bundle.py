@@ -198,22 +198,3 @@ def test_bad_inputs_are_named(trained, tmp_path, tiny_pretrained_encoder):
     with pytest.raises(Exception) as info:
         wf.parser.get_parsed_content("network_def")
     assert "other.pt does not match" in error_chain(info.value) and "extra.weight" in error_chain(info.value)
-
-
-def test_monai_label_bundle_infer_task(trained, tmp_path):
-    pytest.importorskip("monailabel")
-    from monailabel.tasks.infer.bundle import BundleInferTask
-
-    bundle = tmp_path / "segmentation"  # MONAI Label takes the task type from the folder name
-    shutil.copytree(trained, bundle)
-    # MONAI Label reads the bundle's files as they are: bake the tiny test spacing into the copy
-    inference = bundle / "configs" / "inference.yaml"
-    inference.write_text(inference.read_text().replace("spacing: [2.0, 2.0, 2.0]", "spacing: [4.0, 4.0, 4.0]"))
-    image = sorted((bundle / "data" / "phantom" / "imagesTr").glob("*.nii.gz"))[0]
-    task = BundleInferTask(str(bundle), conf={})
-    assert task.is_valid() and task.labels == {"tumor": 1}
-    label_file, result = task({"image": str(image), "device": "cpu"})
-    label, source = nib.load(label_file), nib.load(str(image))
-    assert label.shape == source.shape
-    assert set(np.unique(np.asarray(label.dataobj)).tolist()) <= {0, 1}
-    assert result["label_names"] == {"tumor": 1}
