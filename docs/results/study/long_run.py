@@ -1,6 +1,7 @@
 """Frozen-probe learning curves and collapse monitors of the long study runs (docs/results/study.md, third session).
 
     python docs/results/study/long_run.py RUN_DIR[:LOG] [RUN_DIR[:LOG] ...] --hu_range -175 250 --output long_run.json
+    (--snapshots "model_epoch*.pt": the student's snapshots only)
 
 For each run, every encoder snapshot the run kept (``models/model_epoch<E>.pt``: the student, which becomes
 ``model.pt``; ``teacher_epoch<E>.pt``: the EMA teacher) is probed with the probe's defaults (``tokens`` feature,
@@ -22,15 +23,15 @@ MONITORS = ("amip", "embedding_cosine", "teacher_entropy_sample_aitd", "teacher_
             "teacher_entropy_mean_gitd")
 
 
-def snapshots(run: Path) -> list[Path]:
-    files = Path(run, "models").glob("*_epoch*.pt")
+def snapshots(run: Path, pattern: str = "*_epoch*.pt") -> list[Path]:
+    files = Path(run, "models").glob(pattern)
     return sorted(files, key=lambda p: (int(re.findall(r"epoch(\d+)", p.name)[0]), p.name))
 
 
-def probe_curve(run: Path, data, feature: str) -> dict:
+def probe_curve(run: Path, data, feature: str, pattern: str = "*_epoch*.pt") -> dict:
     cache_file = run / "probe_snaps.json"
     cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-    for path in snapshots(run):
+    for path in snapshots(run, pattern):
         key = f"{path.name}:{feature}"
         if key not in cache:
             scores = evaluate_encoder(build_encoder(path)[0], data, feature)
@@ -63,12 +64,13 @@ def main():
     parser.add_argument("--feature", default="tokens")
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--output", default="long_run.json")
+    parser.add_argument("--snapshots", default="*_epoch*.pt", help="which snapshots: model_epoch*.pt = the student only")
     args = parser.parse_args()
     data = prepare_probe_data(args.data_dir, hu_range=tuple(args.hu_range), block_size=16)
     result = {"hu_range": args.hu_range, "feature": args.feature, "runs": {}}
     for spec in args.runs:
         run, _, log = spec.partition(":")
-        entry = {"probe": probe_curve(Path(run), data, args.feature)}
+        entry = {"probe": probe_curve(Path(run), data, args.feature, args.snapshots)}
         if log:
             entry["monitors"] = epoch_monitors(Path(log), args.every)
         result["runs"][Path(run).name] = entry
