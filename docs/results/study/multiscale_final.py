@@ -1,5 +1,7 @@
-import json, sys
+import json
+
 from dagman_components.analysis.probe import build_encoder, evaluate_encoder, prepare_probe_data, probe_baselines
+
 data = prepare_probe_data("../shared/data/real")
 out = {}
 for feature in ("multiscale",):
