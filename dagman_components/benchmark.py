@@ -21,9 +21,10 @@ machine drift cancels out of the ratios:
    (``--assumed_step_s``, e.g. a GPU's).
 
 Every variant runs at the run's precision (``--amp``), so the MONAI ratio measures the networks' forward,
-not the precision. Every variant runs under the CPU allocator setting the pretrain bundle starts with
-(``--cpu_malloc``, default ``auto``: freed memory kept for reuse, no page faults per step,
-:mod:`dagman_components.engines.cpu_allocator`); ``--cpu_malloc system`` measures glibc's own behaviour. ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
+not the precision. Every variant runs under the CPU allocator setting of the run (``--cpu_malloc``, the pretrain bundle's
+key: ``system``, glibc's defaults, or ``keep``, freed memory kept for reuse without page faults,
+:mod:`dagman_components.engines.cpu_allocator`; with ``keep`` the five variants share one heap, which
+grows: at 96^3 / F=48 past 15 GB). ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
 (matrix products and convolutions, forward and backward; PyTorch's fused CPU attention kernel is counted
 with the flop counter's own SDPA formula, so both forwards count the same arithmetic);
 ``achieved_flops_per_s`` divides it by the median step time.
@@ -87,7 +88,7 @@ class BenchmarkConfig:
     compile_swin: bool = False
     channels_last: bool = False
     fused_optimizer: bool = True
-    cpu_malloc: str = "auto"
+    cpu_malloc: str = "system"
     iterations: int = 10
     warmup: int = 2
     data_batches: int = 20
@@ -427,7 +428,7 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Measure everything; returns the JSON-ready result (see the module docstring)."""
     device = cfg.torch_device()
     torch.manual_seed(cfg.seed)
-    # as the pretrain bundle does at start-up; every variant runs in this process, under the same allocator
+    # as the pretrain bundle does at start-up: every variant runs in this process, under the same allocator
     kept = configure_cpu_malloc(cfg.cpu_malloc, device)
     logger.info(f"benchmark on {device}: {asdict(cfg)}")
     steps = {variant: _make_step(cfg, variant, device) for variant in VARIANTS}
@@ -586,8 +587,8 @@ def main(
     Every option mirrors a key of ``bundles/pretrain/configs/train.yaml`` (defaults equal), plus
     ``iterations``/``warmup`` (timed rounds / untimed rounds), ``data_batches`` (batches timed for
     the data pipeline), ``phantom_volumes``/``phantom_shape`` (phantoms it reads), ``assumed_step_s``
-    (a step time to test the loader against, e.g. a GPU's), ``cpu_malloc`` (``system`` measures under glibc's
-    own mmap/trim behaviour, :mod:`dagman_components.engines.cpu_allocator`), ``data_memory_volumes`` (phantom-set sizes
+    (a step time to test the loader against, e.g. a GPU's), ``cpu_malloc`` (``keep``: the
+    allocator setting of :mod:`dagman_components.engines.cpu_allocator`), ``data_memory_volumes`` (phantom-set sizes
     whose pipeline peak RSS is measured, e.g. ``"[20,200]"``), ``memory`` (False skips the per-variant memory
     probes) and ``threads`` (``torch.set_num_threads``; on a shared machine 1 thread keeps the rounds
     from waiting on each other's cores).

@@ -39,18 +39,18 @@ def _probe(mode: str, device: str) -> dict:
 
 @glibc_only
 def test_kept_memory_is_reused_without_page_faults():
-    system, keep = _probe("system", "cpu"), _probe("auto", "cpu")
+    system, keep = _probe("system", "cpu"), _probe("keep", "cpu")
     # 64 MiB is 16,384 pages of 4 KiB: glibc maps it afresh on every allocation unless told to keep it
     assert not system["kept"] and system["faults"] > 8000
     assert keep["kept"] and keep["faults"] < 500
 
 
 @glibc_only
-def test_auto_leaves_a_cuda_run_on_the_system_allocator():
-    assert _probe("auto", "cuda")["kept"] is False
+def test_keep_leaves_a_cuda_run_on_the_system_allocator():
+    assert _probe("keep", "cuda")["kept"] is False
 
 
 def test_an_unknown_mode_names_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"cpu_malloc must be one of .*'keep'.*got 'fast'"):
         configure_cpu_malloc("fast")
-    assert CPU_MALLOC_MODES == ("auto", "keep", "system")
+    assert CPU_MALLOC_MODES == ("system", "keep")
