@@ -21,10 +21,7 @@ machine drift cancels out of the ratios:
    (``--assumed_step_s``, e.g. a GPU's).
 
 Every variant runs at the run's precision (``--amp``), so the MONAI ratio measures the networks' forward,
-not the precision. Every variant runs under the CPU allocator setting of the run (``--cpu_malloc``, the pretrain bundle's
-key: ``system``, glibc's defaults, or ``keep``, freed memory kept for reuse without page faults,
-:mod:`dagman_components.engines.cpu_allocator`; with ``keep`` the five variants share one heap, which
-grows: at 96^3 / F=48 past 15 GB). ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
+not the precision. ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
 (matrix products and convolutions, forward and backward; PyTorch's fused CPU attention kernel is counted
 with the flop counter's own SDPA formula, so both forwards count the same arithmetic);
 ``achieved_flops_per_s`` divides it by the median step time.
@@ -59,8 +56,6 @@ from typing import Any
 import torch
 from ignite.engine import Events
 
-from dagman_components.engines.cpu_allocator import configure_cpu_malloc
-
 __all__ = ["BenchmarkConfig", "run_benchmark", "format_table", "main"]
 
 logger = logging.getLogger(__name__)
@@ -88,7 +83,6 @@ class BenchmarkConfig:
     compile_swin: bool = False
     channels_last: bool = False
     fused_optimizer: bool = True
-    cpu_malloc: str = "system"
     iterations: int = 10
     warmup: int = 2
     data_batches: int = 20
@@ -305,7 +299,6 @@ def _memory_child(cfg_dict: dict, variant: str, threads: int, queue: multiproces
         torch.set_num_threads(threads)
         cfg = BenchmarkConfig(**cfg_dict)
         device = cfg.torch_device()
-        configure_cpu_malloc(cfg.cpu_malloc, device)
         step = _make_step(cfg, variant, device)
         before = _rss_bytes()
         for _ in range(2):  # the second step holds optimiser state and the EMA as in steady state
@@ -393,7 +386,6 @@ def data_throughput(cfg: BenchmarkConfig, workdir: Path) -> float:
 def _data_memory_child(cfg_dict: dict, workdir: str, queue: multiprocessing.Queue) -> None:
     try:
         cfg = BenchmarkConfig(**cfg_dict)
-        configure_cpu_malloc(cfg.cpu_malloc, cfg.torch_device())
         loader = _data_loader(cfg, Path(workdir))
         for _ in range(2):  # the first epoch writes the disk cache, the second reads it
             for _ in loader:
@@ -428,8 +420,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
     """Measure everything; returns the JSON-ready result (see the module docstring)."""
     device = cfg.torch_device()
     torch.manual_seed(cfg.seed)
-    # as the pretrain bundle does at start-up: every variant runs in this process, under the same allocator
-    kept = configure_cpu_malloc(cfg.cpu_malloc, device)
     logger.info(f"benchmark on {device}: {asdict(cfg)}")
     steps = {variant: _make_step(cfg, variant, device) for variant in VARIANTS}
     times = time_steps(steps, cfg.iterations, cfg.warmup, device)
@@ -443,7 +433,6 @@ def run_benchmark(cfg: BenchmarkConfig) -> dict[str, Any]:
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "torch_version": torch.__version__,
-        "cpu_malloc_keep": kept,
         "variants": {
             name: {
                 "median_s_per_iteration": median[name],
@@ -567,7 +556,6 @@ def main(
     compile_swin: bool = False,
     channels_last: bool = False,
     fused_optimizer: bool = True,
-    cpu_malloc: str = BenchmarkConfig.cpu_malloc,
     iterations: int = 10,
     warmup: int = 2,
     data_batches: int = 20,
@@ -587,8 +575,7 @@ def main(
     Every option mirrors a key of ``bundles/pretrain/configs/train.yaml`` (defaults equal), plus
     ``iterations``/``warmup`` (timed rounds / untimed rounds), ``data_batches`` (batches timed for
     the data pipeline), ``phantom_volumes``/``phantom_shape`` (phantoms it reads), ``assumed_step_s``
-    (a step time to test the loader against, e.g. a GPU's), ``cpu_malloc`` (``keep``: the
-    allocator setting of :mod:`dagman_components.engines.cpu_allocator`), ``data_memory_volumes`` (phantom-set sizes
+    (a step time to test the loader against, e.g. a GPU's), ``data_memory_volumes`` (phantom-set sizes
     whose pipeline peak RSS is measured, e.g. ``"[20,200]"``), ``memory`` (False skips the per-variant memory
     probes) and ``threads`` (``torch.set_num_threads``; on a shared machine 1 thread keeps the rounds
     from waiting on each other's cores).
@@ -611,7 +598,7 @@ def main(
         num_heads=tuple(num_heads), head_out_dim=head_out_dim, head_hidden_dim=head_hidden_dim,
         head_bottleneck_dim=head_bottleneck_dim, device=device, amp=amp, amp_dtype=amp_dtype,
         use_checkpoint=use_checkpoint, swin_forward=swin_forward, compile_swin=compile_swin, channels_last=channels_last,
-        fused_optimizer=fused_optimizer, cpu_malloc=cpu_malloc,
+        fused_optimizer=fused_optimizer,
         iterations=iterations, warmup=warmup, data_batches=data_batches, phantom_volumes=phantom_volumes,
         phantom_shape=tuple(phantom_shape), num_workers=num_workers, cache=cache, assumed_step_s=assumed_step_s,
         data_memory_volumes=tuple(int(n) for n in data_memory_volumes), memory=memory, seed=seed,

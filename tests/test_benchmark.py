@@ -18,7 +18,7 @@ def test_defaults_are_the_pretrain_bundle_defaults():
     defaults = BenchmarkConfig()
     assert [defaults.roi_size] * 3 == config["roi_size"]
     for key in ("batch_size", "feature_size", "head_out_dim", "head_hidden_dim", "head_bottleneck_dim", "amp",
-                "amp_dtype", "use_checkpoint", "num_workers", "fused_optimizer", "cpu_malloc", "swin_forward", "compile_swin",
+                "amp_dtype", "use_checkpoint", "num_workers", "fused_optimizer", "swin_forward", "compile_swin",
                 "channels_last", "cache"):
         assert getattr(defaults, key) == config[key], key
     assert list(defaults.depths) == config["depths"] and list(defaults.num_heads) == config["num_heads"]

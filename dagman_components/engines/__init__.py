@@ -6,7 +6,6 @@ from dagman_components.engines.co_distillation import (
     make_teacher,
     parameter_groups,
 )
-from dagman_components.engines.cpu_allocator import CPU_MALLOC_MODES, configure_cpu_malloc
 from dagman_components.engines.handlers import (
     CollapseMonitor,
     EMATeacherUpdate,
@@ -26,7 +25,6 @@ from dagman_components.engines.handlers import (
 )
 
 __all__ = [
-    "CPU_MALLOC_MODES",
     "CoDistillationTrainer",
     "CollapseMonitor",
     "EMATeacherUpdate",
@@ -38,7 +36,6 @@ __all__ = [
     "PretrainCheckpoint",
     "TeacherTemperatureSchedule",
     "checkpoints_newest_first",
-    "configure_cpu_malloc",
     "ema_momentum",
     "other_encoder",
     "select_encoder",
