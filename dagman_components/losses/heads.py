@@ -131,6 +131,6 @@ class ReconstructionHead(nn.Module):
         s = self.stride
         weight = self.proj.weight.view(self.proj.out_channels, c)
         y = F.linear(x.permute(0, 2, 3, 4, 1), weight, self.proj.bias)  # (B, d, h, w, out * s^3)
-        # pixelshuffle's channel order: (out, s_d, s_h, s_w); voxel (i*s + a, j*s + b', k*s + e)
+        # MONAI's pixelshuffle splits the channels as (out, s, s, s) and puts each s after its spatial axis
         y = y.view(b, d, h, w, -1, s, s, s).permute(0, 4, 1, 5, 2, 6, 3, 7)
         return y.reshape(b, -1, d * s, h * s, w * s)
