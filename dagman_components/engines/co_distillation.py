@@ -33,7 +33,7 @@ from dagman_components.engines.handlers import (
     TeacherTemperatureSchedule,
     unwrap,
 )
-from dagman_components.losses import DAGMaNLoss
+from dagman_components.losses import DAGMaNLoss, participation_ratio
 from dagman_components.masking import (
     MASKING_STRATEGIES,
     MaskingStrategy,
@@ -286,6 +286,8 @@ class CoDistillationTrainer(Trainer):
         logged = {"loss": losses["total"].detach(), **{k: v for k, v in losses.items() if k != "total"}}
         logged["mask_ratio"] = student_mask.float().mean()
         logged["embedding_cosine"] = mean_pairwise_cosine(student_heads.image_embedding.detach())
+        # dimensional-collapse monitor: effective channels of the student's SA-stage tokens (losses.decorrelation)
+        logged["token_participation_ratio"] = participation_ratio(student_heads.token_features.detach())
         logged["teacher_drop_ratio"] = dropped.float().mean()
         output = dict(zip(logged, torch.stack([v.float() for v in logged.values()]).tolist()))
         if not math.isfinite(output["loss"]):

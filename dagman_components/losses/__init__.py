@@ -1,4 +1,4 @@
-"""Pretraining losses and their heads: DINO head, distillation cross-entropy, and the DAGMaN objective."""
+"""Pretraining losses and their heads: DINO head, distillation cross-entropy, the DAGMaN objective and its regularisers."""
 
 from dagman_components.losses.dagman_loss import (
     DISTILLATION_TERMS,
@@ -8,6 +8,7 @@ from dagman_components.losses.dagman_loss import (
     koleo_loss,
     masked_l1,
 )
+from dagman_components.losses.decorrelation import feature_correlation, participation_ratio, token_decorrelation_loss
 from dagman_components.losses.distillation import DistillationCE, distribution_entropies, teacher_temperature
 from dagman_components.losses.heads import DINOHead, ReconstructionHead
 
@@ -20,7 +21,10 @@ __all__ = [
     "HeadOutputs",
     "ReconstructionHead",
     "distribution_entropies",
+    "feature_correlation",
     "koleo_loss",
     "masked_l1",
+    "participation_ratio",
     "teacher_temperature",
+    "token_decorrelation_loss",
 ]

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dagman_components.losses.decorrelation import token_decorrelation_loss
 from dagman_components.losses.distillation import DistillationCE, distribution_entropies
 
 __all__ = ["DAGMaNLoss", "HeadOutputs", "koleo_loss", "masked_l1", "DISTILLATION_TERMS", "LOSS_TERMS"]
@@ -29,6 +30,8 @@ class HeadOutputs:
         reconstruction: (2B, C, D, H, W) AMIP prediction (student only), or None.
         image_embedding: (2B, C) the image-level feature the KoLeo term spreads ([CLS] with SA, else
             the pooled last stage), or None.
+        token_features: (2B * N, C) the SA-stage tokens of every view (before the SA blocks: the
+            tokens downstream bundles and the frozen-feature probe read), or None.
     """
 
     patch_logits: torch.Tensor | None = None
@@ -37,6 +40,7 @@ class HeadOutputs:
     global_logits: torch.Tensor | None = None
     reconstruction: torch.Tensor | None = None
     image_embedding: torch.Tensor | None = None
+    token_features: torch.Tensor | None = None
 
 
 def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -84,6 +88,8 @@ class DAGMaNLoss(nn.Module):
             ``"sinkhorn_knopp"`` (iBOT/DINOv2) **[choice]**.
         koleo_weight: weight of the KoLeo term on the student's image embedding (0 = off, the papers;
             DINOv2 uses 0.1) **[choice]**.
+        decorrelation_weight: weight of :func:`~dagman_components.losses.decorrelation.token_decorrelation_loss`
+            on the student's SA-stage tokens, against dimensional collapse (0 = off, the papers) **[choice]**.
     """
 
     def __init__(
@@ -100,11 +106,14 @@ class DAGMaNLoss(nn.Module):
         center_momentum: float = 0.9,
         centering: str = "center",
         koleo_weight: float = 0.0,
+        decorrelation_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if koleo_weight < 0:
-            raise ValueError(f"koleo_weight must be >= 0, got {koleo_weight}.")
+        for name, weight in (("koleo_weight", koleo_weight), ("decorrelation_weight", decorrelation_weight)):
+            if weight < 0:
+                raise ValueError(f"{name} must be >= 0, got {weight}.")
         self.koleo_weight = koleo_weight
+        self.decorrelation_weight = decorrelation_weight
         self.out_dim = int(out_dim)
         self.weights = {"amip": amip_weight, "ampd": ampd_weight, "aitd": aitd_weight, "gitd": gitd_weight}
         for name, weight in self.weights.items():
@@ -181,7 +190,7 @@ class DAGMaNLoss(nn.Module):
 
         Returns:
             ``total`` (with grad), ``amip``, ``ampd``, ``aitd``, ``gitd`` (detached, 0 when off)
-            (``koleo`` too when on) and the collapse monitors ``teacher_entropy_mean_<term>`` =
+            (``koleo`` and ``decorrelation`` too when on) and the collapse monitors ``teacher_entropy_mean_<term>`` =
             H(mean P_t), ``teacher_entropy_sample_<term>`` = mean H(P_t) and
             ``teacher_mutual_information_<term>`` = their difference (0: no per-sample information).
         """
@@ -223,6 +232,11 @@ class DAGMaNLoss(nn.Module):
                 raise ValueError("koleo_weight > 0 needs the student's image_embedding in its HeadOutputs.")
             terms["koleo"] = koleo_loss(student.image_embedding)
             total = total + self.koleo_weight * terms["koleo"]
+        if self.decorrelation_weight > 0:
+            if student.token_features is None:
+                raise ValueError("decorrelation_weight > 0 needs the student's token_features in its HeadOutputs.")
+            terms["decorrelation"] = token_decorrelation_loss(student.token_features)
+            total = total + self.decorrelation_weight * terms["decorrelation"]
         # centers move after the loss, as in DINO, so this step's targets used the previous center
         for ce, teacher_logits in pending_centers:
             ce.update_center(teacher_logits)

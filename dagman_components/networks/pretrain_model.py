@@ -121,6 +121,7 @@ class DAGMaNPretrainModel(nn.Module):
         """
         out = HeadOutputs()
         out.image_embedding = encoded.cls if encoded.cls is not None else encoded.pooled
+        out.token_features = encoded.tokens.flatten(0, 1)
         if self.patch_head is not None and token_mask is not None:
             tokens, head_mask = self.patch_tokens(encoded, token_mask)
             out.patch_logits = self.patch_head(tokens[head_mask])

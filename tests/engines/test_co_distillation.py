@@ -146,11 +146,26 @@ def test_logged_values_cover_the_collapse_monitors_and_schedules():
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output)))
     trainer.run()
     for key in ("loss", "amip", "ampd", "aitd", "gitd", "teacher_entropy_mean_aitd", "teacher_entropy_sample_aitd",
-                "ema_momentum", "teacher_temp", "lr", "mask_ratio", "teacher_drop_ratio"):
+                "ema_momentum", "teacher_temp", "lr", "mask_ratio", "teacher_drop_ratio", "token_participation_ratio"):
         assert key in seen[0], key
+    assert 1.0 <= seen[0]["token_participation_ratio"] <= 96  # 8F channels of the SA-stage tokens
     assert [round(s["teacher_temp"], 3) for s in seen] == [0.04, 0.04, 0.07, 0.07]
     assert seen[0]["ema_momentum"] == pytest.approx(0.996) and seen[-1]["ema_momentum"] > seen[0]["ema_momentum"]
     assert seen[0]["teacher_drop_ratio"] == pytest.approx(5 / 8)
+
+
+def test_the_decorrelation_term_keeps_more_effective_channels_in_the_student_tokens():
+    """The same short run with and without the term: with it, the SA-stage tokens end less redundant."""
+    ratios = {}
+    for weight in (0.0, 5.0):
+        trainer = make_trainer(n_batches=3, max_epochs=3)
+        trainer.loss_function.decorrelation_weight = weight
+        seen = []
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(dict(e.state.output)))
+        trainer.run()
+        assert ("decorrelation" in seen[-1]) == (weight > 0)
+        ratios[weight] = seen[-1]["token_participation_ratio"]
+    assert ratios[5.0] > 1.2 * ratios[0.0], ratios
 
 
 def test_last_layer_is_frozen_in_the_first_epoch_only():

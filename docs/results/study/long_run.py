@@ -20,7 +20,7 @@ from dagman_components.analysis.probe import build_encoder, evaluate_encoder, pr
 
 MONITORS = ("amip", "embedding_cosine", "teacher_entropy_sample_aitd", "teacher_entropy_sample_ampd",
             "teacher_entropy_sample_gitd", "teacher_entropy_mean_aitd", "teacher_entropy_mean_ampd",
-            "teacher_entropy_mean_gitd")
+            "teacher_entropy_mean_gitd", "token_participation_ratio")
 
 
 def snapshots(run: Path, pattern: str = "*_epoch*.pt") -> list[Path]:
