@@ -55,10 +55,18 @@ from .segmentation import (
     segmentation_datalist,
 )
 from .splits import kfold_split, subset_fraction
-from .transforms import ct_preprocessing, pretrain_transforms, two_view_crops
+from .transforms import (
+    VIEW_AUGMENTATIONS,
+    ct_preprocessing,
+    pretrain_transforms,
+    two_view_crops,
+    view_appearance_augmentations,
+)
 
 __all__ = [
     "CACHE_MODES",
+    "VIEW_AUGMENTATIONS",
+    "view_appearance_augmentations",
     "pretrain_dataset",
     "INTENSITY_CHECKS",
     "ON_BAD_IMAGE",

@@ -25,7 +25,11 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
     RandomizableTrait,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     RandSpatialCropd,
     ScaleIntensityRanged,
     SelectItemsd,
@@ -43,8 +47,14 @@ __all__ = [
     "PerIterationCopyItemsd",
     "ct_preprocessing",
     "two_view_crops",
+    "VIEW_AUGMENTATIONS",
+    "view_appearance_augmentations",
     "pretrain_transforms",
 ]
+
+#: ``pretrain_transforms(view_augmentation=...)``: ``"none"`` (the papers: views differ only by their crop) or
+#: ``"appearance"`` (:py:func:`view_appearance_augmentations`) **[choice]**
+VIEW_AUGMENTATIONS: tuple[str, ...] = ("none", "appearance")
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +241,41 @@ def two_view_crops(
     return transforms
 
 
+def view_appearance_augmentations(view_keys: Sequence[str] = ("view_1", "view_2")) -> list[Transform]:
+    """
+    Independent appearance changes of each view, on the windowed [0, 1] intensities (DINO/SimCLR's colour
+    jitter and blur, for CT).
+
+    Two crops of one scan share its scanner's noise texture, reconstruction kernel, contrast phase and
+    HU calibration; with nothing but the crop to tell the views apart, matching them can be solved by
+    those per-scan statistics (SimCLR's colour-histogram shortcut, Chen et al. 2020). Each view here
+    draws its own, per iteration:
+
+    - intensity scale ``x * (1 + f)``, f ~ U(-0.1, 0.1), probability 0.8;
+    - intensity shift ``x + o``, o ~ U(-0.1, 0.1) (about +-40 HU in the soft-tissue window), probability 0.8;
+    - Gaussian smoothing, sigma ~ U(0.5, 1.5) voxels per axis (a softer kernel), probability 0.5;
+    - Gaussian noise, std ~ U(0, 0.05) (up to about 20 HU), probability 0.5.
+
+    The student and the teacher see the same augmented view (its mask and patch dropout differ), so
+    AMPD and AMIP are unchanged in kind; only the cross-view targets (AITD, GITD) gain the invariance.
+
+    Args:
+        view_keys: the view keys of :py:func:`two_view_crops`. Default ("view_1", "view_2").
+
+    Returns:
+        the list of transforms, one of each kind per view (so the views draw independently).
+    """
+    transforms: list[Transform] = []
+    for key in ensure_tuple(view_keys):
+        transforms += [
+            RandScaleIntensityd(key, factors=0.1, prob=0.8),
+            RandShiftIntensityd(key, offsets=0.1, prob=0.8),
+            RandGaussianSmoothd(key, sigma_x=(0.5, 1.5), sigma_y=(0.5, 1.5), sigma_z=(0.5, 1.5), prob=0.5),
+            RandGaussianNoised(key, mean=0.0, std=0.05, prob=0.5, sample_std=True),
+        ]
+    return transforms
+
+
 def pretrain_transforms(
     roi_size: Sequence[int] = (64, 64, 64),
     spacing: Sequence[float] = (2.0, 2.0, 2.0),
@@ -239,9 +284,11 @@ def pretrain_transforms(
     check_images: bool = True,
     intensity_check: str = "ct",
     view_region_size: Sequence[int] | None = None,
+    view_augmentation: str = "none",
 ) -> Compose:
     """
-    The pretraining chain: :py:func:`ct_preprocessing` (cacheable) then :py:func:`two_view_crops`.
+    The pretraining chain: :py:func:`ct_preprocessing` (cacheable), :py:func:`two_view_crops`, then with
+    ``view_augmentation="appearance"`` :py:func:`view_appearance_augmentations`.
 
     Over ``CacheDataset(load_datalist(...), pretrain_transforms(...))`` a ``DataLoader`` yields batches with
     ``batch["view_1"]`` and ``batch["view_2"]`` of shape (B, 1, *roi_size), float32 in [0, 1].
@@ -255,10 +302,17 @@ def pretrain_transforms(
         intensity_check: ``"ct"`` (default) or ``"none"`` (MR or pre-normalised data).
         view_region_size: draw both views inside one random region of this size (see :py:func:`two_view_crops`);
             None (default): anywhere in the volume.
+        view_augmentation: one of :data:`VIEW_AUGMENTATIONS`; ``"none"`` (default, the papers).
 
     Returns:
         a ``monai.transforms.Compose`` taking ``{"image": path, ...}``.
+
+    Raises:
+        ValueError: an unknown ``view_augmentation``.
     """
+    if view_augmentation not in VIEW_AUGMENTATIONS:
+        raise ValueError(f"view_augmentation must be one of {VIEW_AUGMENTATIONS}, got {view_augmentation!r}.")
+    augmentations = view_appearance_augmentations(view_keys) if view_augmentation == "appearance" else []
     return Compose(
         ct_preprocessing(
             keys=("image",),
@@ -269,4 +323,5 @@ def pretrain_transforms(
             intensity_check=intensity_check,
         )
         + two_view_crops(roi_size, view_keys=view_keys, source_key="image", view_region_size=view_region_size)
+        + augmentations
     )

@@ -183,3 +183,25 @@ def test_views_inside_one_region_overlap(region):
 def test_view_region_must_hold_a_view():
     with pytest.raises(ValueError, match="view_region_size"):
         two_view_crops((8, 8, 8), view_region_size=(6, 12, 12))
+
+
+def test_appearance_augmentation_changes_each_view_independently():
+    from dagman_components.data.transforms import view_appearance_augmentations
+
+    volume = {"image": torch.full((1, 24, 24, 24), 0.5)}
+    plain = Compose(two_view_crops((16, 16, 16)))
+    augmented = Compose(two_view_crops((16, 16, 16)) + view_appearance_augmentations())
+    augmented.set_random_state(0)
+    out = plain(volume)
+    assert torch.equal(out["view_1"], out["view_2"])  # a constant volume: only appearance can tell the views apart
+    differences = []
+    for _ in range(8):
+        out = augmented(volume)
+        assert out["view_1"].shape == (1, 16, 16, 16)
+        differences.append(float((out["view_1"] - out["view_2"]).abs().mean()))
+    assert sum(d > 1e-3 for d in differences) >= 6, differences
+
+
+def test_unknown_view_augmentation_is_rejected():
+    with pytest.raises(ValueError, match="view_augmentation"):
+        pretrain_transforms(view_augmentation="color_jitter")
