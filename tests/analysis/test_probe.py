@@ -351,3 +351,19 @@ def test_real_sts_cases(tmp_path):
     for row in (result["encoder"]["tumour"], result["intensity"]["tumour"]):
         assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["ap"] <= 1.0
     assert json.loads((tmp_path / "probe.json").read_text())["data"]["tumour"]["cases"] == tumour["cases"]
+
+
+def test_last_stage_feature_is_the_stride_32_slice_of_the_multiscale_feature():
+    from types import SimpleNamespace
+
+    from dagman_components.analysis.probe.scores import _stage_features
+
+    torch.manual_seed(0)
+    f = 2
+    # hidden states x0..x4 of one 64^3 tile: strides 2..32, F..16F channels; the token grid is 4^3 (stride 16)
+    states = [torch.randn(1, f * 2**i, 64 // 2 ** (i + 1), 64 // 2 ** (i + 1), 64 // 2 ** (i + 1)) for i in range(5)]
+    out = SimpleNamespace(hidden_states=states)
+    multiscale = _stage_features(out, "multiscale", (4, 4, 4))
+    last = _stage_features(out, "last_stage", (4, 4, 4))
+    assert multiscale.shape == (1, 64, 31 * f) and last.shape == (1, 64, 16 * f)
+    assert torch.equal(last, multiscale[..., 15 * f :])

@@ -32,7 +32,10 @@ Features (``feature``, one of :py:data:`PROBE_FEATURES`):
 - ``"multiscale"`` **[choice]**: the five ``EncoderOutput.hidden_states`` (strides 2..32; with
   ``sa_inline`` the stride-16 map is the one after SA) brought to the token grid, finer maps
   average-pooled over each block and the stride-32 map trilinearly upsampled, concatenated
-  (F + 2F + 4F + 8F + 16F = 31F values).
+  (F + 2F + 4F + 8F + 16F = 31F values);
+- ``"last_stage"``: the stride-32 map alone (16F values), trilinearly upsampled to the token grid: the
+  representation the papers cluster organs with (SMART sec. IV-D: "image tokens produced after average
+  pooling of the features from stage #4"), and the one GITD and AMIP train directly.
 
 Scores:
 

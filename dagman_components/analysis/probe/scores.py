@@ -27,7 +27,7 @@ __all__ = ["clear_probe_cache", "block_features", "grouped_folds", "linear_probe
 logger = logging.getLogger(__name__)
 
 #: per-block features of the frozen encoder (see the module docstring).
-PROBE_FEATURES: tuple[str, ...] = ("tokens", "sa_tokens", "multiscale")
+PROBE_FEATURES: tuple[str, ...] = ("tokens", "sa_tokens", "multiscale", "last_stage")
 
 #: baseline results by (data key, architecture, options)
 _BASELINE_CACHE: dict[tuple, dict[str, Any]] = {}
@@ -52,7 +52,7 @@ def _stage_features(out: Any, feature: str, grid: Sequence[int]) -> torch.Tensor
     if feature == "sa_tokens":
         return out.sa_tokens
     maps = []
-    for h in out.hidden_states:
+    for h in out.hidden_states[-1:] if feature == "last_stage" else out.hidden_states:
         if tuple(h.shape[2:]) == tuple(grid):
             maps.append(h)
         elif all(int(s) >= int(g) for s, g in zip(h.shape[2:], grid)):
@@ -74,7 +74,7 @@ def block_features(
 
     The encoder runs on each cached tile (``batch_size`` tiles per forward) under ``torch.no_grad``,
     on ``device`` (None: the encoder's). The caller sets eval mode (:py:func:`evaluate_encoder` does).
-    C is 8F for ``"tokens"``/``"sa_tokens"`` at ``sa_stage=3`` and 31F for ``"multiscale"``.
+    C is 8F for ``"tokens"``/``"sa_tokens"`` at ``sa_stage=3``, 31F for ``"multiscale"`` and 16F for ``"last_stage"``.
 
     Raises:
         ValueError: an unknown ``feature``, ``"sa_tokens"`` without SA, or an encoder whose token stride
@@ -93,7 +93,7 @@ def block_features(
     grid = (blocks.tile_size // blocks.block_size,) * 3
     per_tile = []
     for start in range(0, len(tiles), max(1, int(batch_size))):
-        out = encoder(tiles[start : start + batch_size], stop_after_sa=feature != "multiscale")
+        out = encoder(tiles[start : start + batch_size], stop_after_sa=feature in ("tokens", "sa_tokens"))
         per_tile.append(_stage_features(out, feature, grid).float().cpu())
     if not per_tile:
         return np.zeros((0, 0), dtype=np.float32)
