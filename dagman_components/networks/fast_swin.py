@@ -13,7 +13,10 @@ MONAI's. Three things make MONAI's forward slow on a CPU (profile of the pretrai
    - with autograd on CUDA: the same SDPA call (its kernels differentiate the additive mask);
    - with autograd on CPU: MONAI's explicit formula over chunks of windows small enough that the
      attention matrices of a chunk stay in the L2 cache (PyTorch's fused CPU kernel cannot give the
-     gradient of the relative position bias, and falls back to the unfused formula).
+     gradient of the relative position bias, and falls back to the unfused formula), as an autograd
+     function that keeps no attention matrix: its backward recomputes each chunk's softmax
+     (:class:`_RecomputedWindowAttention`). With attention dropout in training, plain autograd over
+     the same chunks.
 2. **Denormal attention weights.** MONAI's shift mask adds -100, which leaves weights of e^-100
    (denormal floats) that slow every product with the attention matrix about 30x; :func:`shift_mask`
    uses -inf (weights exactly 0).
@@ -197,6 +200,76 @@ def _explicit(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Te
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
+def _chunk_plan(batch_windows: int, heads: int, n: int, mask: torch.Tensor | None):
+    """(chunk, mask repeated to the chunk or None, offsets): the windows of each chunk and its mask rows."""
+    num_mask = None if mask is None else mask.shape[0]
+    chunk = _chunk_windows(batch_windows, heads, n, num_mask)
+    if mask is not None and chunk > num_mask:
+        mask = mask.repeat(chunk // num_mask, 1, 1)
+    starts = range(0, batch_windows, chunk)
+    offsets = [0 if mask is None or chunk >= num_mask else start % num_mask for start in starts]
+    return chunk, mask, list(zip(starts, offsets))
+
+
+class _RecomputedWindowAttention(torch.autograd.Function):
+    """MONAI's attention formula over L2-sized chunks of windows, keeping no attention matrix for the backward.
+
+    The forward writes each chunk's output in place (heads merged); the backward recomputes the chunk's
+    softmax from q, k, the bias and the mask, while it is in cache, and forms the gradients of q, k, v
+    and the bias from it (FlashAttention's recomputation, per window chunk). MONAI's autograd keeps the
+    (windows, heads, n, n) weights of every block until the backward (906 MB for stage 1 of a 96^3 /
+    F=48 step of batch 2), each a fresh allocation whose pages the kernel must fault in.
+
+    Inputs: q, k, v (B*nW, heads, n, hd), bias (heads, n, n) float32, mask (nW, n, n) or None; q unscaled.
+    Output: (B*nW, n, heads * hd).
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, mask, scale):  # type: ignore[override]
+        batch_windows, heads, n, head_dim = q.shape
+        chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
+        out = v.new_empty(batch_windows, n, heads * head_dim)
+        for start, offset in plan:
+            stop = min(start + chunk, batch_windows)
+            weights = _chunk_weights(q[start:stop], k[start:stop], bias, chunk_mask, offset, scale)
+            out[start:stop] = _merge_heads(weights.to(v.dtype) @ v[start:stop])
+        ctx.save_for_backward(q, k, v, bias, mask if mask is not None else torch.empty(0))
+        ctx.has_mask, ctx.scale = mask is not None, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        q, k, v, bias, mask = ctx.saved_tensors
+        mask = mask if ctx.has_mask else None
+        scale = ctx.scale
+        batch_windows, heads, n, head_dim = q.shape
+        chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32)
+        grad_heads = grad_out.view(batch_windows, n, heads, head_dim).transpose(1, 2)  # (B*nW, heads, n, hd)
+        for start, offset in plan:
+            stop = min(start + chunk, batch_windows)
+            qc, kc, vc, go = q[start:stop], k[start:stop], v[start:stop], grad_heads[start:stop].to(v.dtype)
+            weights = _chunk_weights(qc, kc, bias, chunk_mask, offset, scale)  # float32 under bf16 too
+            grad_v[start:stop] = weights.to(v.dtype).transpose(-2, -1) @ go
+            grad_weights = (go @ vc.transpose(-2, -1)).float()
+            # softmax backward: dS = W * (dW - sum_j dW_j W_j)
+            grad_scores = weights * (grad_weights - (grad_weights * weights).sum(dim=-1, keepdim=True))
+            grad_bias += grad_scores.sum(dim=0)
+            grad_scores = grad_scores.to(q.dtype)
+            grad_q[start:stop] = (grad_scores @ kc) * scale
+            grad_k[start:stop] = grad_scores.transpose(-2, -1) @ (qc * scale)
+        return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None, None
+
+
+def _chunk_weights(qc, kc, bias: torch.Tensor, mask: torch.Tensor | None, offset: int, scale: float) -> torch.Tensor:
+    """Softmax attention weights (chunk, heads, n, n) of one chunk, MONAI's formula (float32 when the bias is)."""
+    scores = (qc * scale) @ kc.transpose(-2, -1) + bias
+    if mask is not None:
+        scores = scores.add_(mask[offset : offset + qc.shape[0]].unsqueeze(1))
+    return scores.softmax(dim=-1)
+
+
 def window_attention(
     attn: WindowAttention, x: torch.Tensor, mask: torch.Tensor | None = None, fused: bool | None = None
 ) -> torch.Tensor:
@@ -218,6 +291,9 @@ def window_attention(
     bias = relative_position_bias(attn, n)
     if fused is None:
         fused = x.device.type != "cpu" or not torch.is_grad_enabled()
+        if not fused and not (attn.training and attn.attn_drop.p > 0):
+            out = _RecomputedWindowAttention.apply(q, k, v, bias, mask, attn.scale)
+            return attn.proj_drop(attn.proj(out))
     out = (_sdpa if fused else _explicit)(attn, q, k, v, bias, mask)
     return attn.proj_drop(attn.proj(out))
 
