@@ -253,8 +253,8 @@ class _RecomputedWindowAttention(torch.autograd.Function):
             weights = _chunk_weights(qc, kc, bias, chunk_mask, offset, scale)  # float32 under bf16 too
             grad_v[start:stop] = weights.to(v.dtype).transpose(-2, -1) @ go
             grad_weights = (go @ vc.transpose(-2, -1)).float()
-            # softmax backward: dS = W * (dW - sum_j dW_j W_j)
-            grad_scores = weights * (grad_weights - (grad_weights * weights).sum(dim=-1, keepdim=True))
+            # softmax backward, dS = W * (dW - sum_j dW_j W_j): the fused kernel autograd's softmax uses
+            grad_scores = torch._softmax_backward_data(grad_weights, weights, -1, weights.dtype)
             grad_bias += grad_scores.sum(dim=0)
             grad_scores = grad_scores.to(q.dtype)
             grad_q[start:stop] = (grad_scores @ kc) * scale
