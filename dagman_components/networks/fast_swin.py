@@ -228,7 +228,7 @@ class _RecomputedWindowAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, mask, scale):  # type: ignore[override]
         batch_windows, heads, n, head_dim = q.shape
         chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
-        out = v.new_empty(batch_windows, n, heads * head_dim)
+        out = v.new_empty((batch_windows, n, heads * head_dim))  # a tuple: MONAI MetaTensors take no varargs
         for start, offset in plan:
             stop = min(start + chunk, batch_windows)
             weights = _chunk_weights(q[start:stop], k[start:stop], bias, chunk_mask, offset, scale)

@@ -202,3 +202,14 @@ def test_channels_last_input_changes_nothing(encoders):
 def test_unknown_swin_forward_is_refused():
     with pytest.raises(ValueError, match="swin_forward"):
         SASwinEncoder(feature_size=12, swin_forward="flash")
+
+
+def test_training_attention_takes_monai_metatensors():
+    """Bundles feed MONAI MetaTensors: the recomputed attention must accept them (MetaTensor.new_empty takes no varargs)."""
+    from monai.data import MetaTensor
+
+    layer = stage()
+    x = torch.randn(1, 8, 8, 8, 12)
+    plain = swin_stage(layer, x.clone().requires_grad_(True))
+    meta = swin_stage(layer, MetaTensor(x.clone()).requires_grad_(True))
+    assert torch.allclose(torch.as_tensor(meta), plain, atol=TOLERANCE, rtol=0)
