@@ -37,8 +37,10 @@ def test_writes_every_documented_figure(tmp_path, capsys):
         assert row["volumes_per_s"] == pytest.approx(2 / row["median_s_per_iteration"])
         assert row["flops_per_step"] > 0
         assert row["achieved_flops_per_s"] == pytest.approx(row["flops_per_step"] / row["median_s_per_iteration"])
-    # the same arithmetic by either forward: the fused kernel's FLOPs are counted like MONAI's matrix products
-    assert rows["lower_bound"]["flops_per_step"] == rows["monai_lower_bound"]["flops_per_step"]
+    # MONAI's arithmetic by either forward (the fused kernel's FLOPs are counted like MONAI's matrix products),
+    # plus the scores the CPU training attention recomputes in its backward instead of keeping them
+    assert rows["monai_lower_bound"]["flops_per_step"] < rows["lower_bound"]["flops_per_step"]
+    assert rows["lower_bound"]["flops_per_step"] <= 1.1 * rows["monai_lower_bound"]["flops_per_step"]
     # the clean teacher pass is work the noisy-SATT step does not do
     assert rows["dagman"]["flops_per_step"] > rows["dagman_noisy_satt"]["flops_per_step"]
     median = {name: row["median_s_per_iteration"] for name, row in rows.items()}
@@ -61,7 +63,9 @@ def test_data_memory_probe_reads_the_disk_cache_in_a_fresh_process():
 
 @pytest.mark.slow
 def test_gradient_checkpointing_lowers_the_measured_peak():
-    small = {**TINY, "roi_size": 64, "depths": (2, 2, 2, 2)}
+    # F=24: at F=12 the attention keeps no weights for the backward and what checkpointing saves is within
+    # the allocator's noise (678 vs 677 MB); at F=24 it is 1113 vs 896 MiB
+    small = {**TINY, "roi_size": 64, "depths": (2, 2, 2, 2), "feature_size": 24}
     without = peak_step_memory(BenchmarkConfig(**small), "dagman")
     with_checkpointing = peak_step_memory(BenchmarkConfig(**small, use_checkpoint=True), "dagman")
     assert 0 < with_checkpointing < without
