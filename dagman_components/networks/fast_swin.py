@@ -180,23 +180,18 @@ def _sdpa(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor
 
 
 def _explicit(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """MONAI's explicit attention formula over chunks of windows (see :data:`ATTENTION_CHUNK_BYTES`) -> (B*nW, n, C)."""
+    """MONAI's explicit attention formula over chunks of windows (see :data:`ATTENTION_CHUNK_BYTES`) -> (B*nW, n, C).
+
+    Plain autograd: every chunk's weights are kept for the backward (the path with attention dropout).
+    """
     batch_windows, heads, n, _ = q.shape
-    num_mask = None if mask is None else mask.shape[0]
-    chunk = _chunk_windows(batch_windows, heads, n, num_mask)
-    if mask is not None and chunk > num_mask:
-        mask = mask.repeat(chunk // num_mask, 1, 1)
+    chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
     outputs = []
     # split, not slicing: the backward of a split is one concatenation, that of each slice a full-size zero tensor
-    for index, (qc, kc, vc) in enumerate(zip(q.split(chunk), k.split(chunk), v.split(chunk))):
-        scores = (qc * attn.scale) @ kc.transpose(-2, -1) + bias
-        if mask is not None:
-            offset = (index * chunk) % num_mask if chunk < num_mask else 0
-            # the mask needs no gradient: in place, the scores are this chunk's own temporary
-            scores = scores.add_(mask[offset : offset + qc.shape[0]].unsqueeze(1))
-        weights = attn.attn_drop(scores.softmax(dim=-1)).to(vc.dtype)
+    for (_, offset), qc, kc, vc in zip(plan, q.split(chunk), k.split(chunk), v.split(chunk)):
+        weights = attn.attn_drop(_chunk_weights(qc, kc, bias, chunk_mask, offset, attn.scale))
         # heads merged per chunk, while it is in cache: the concatenation is then the only full-size copy
-        outputs.append(_merge_heads(weights @ vc))
+        outputs.append(_merge_heads(weights.to(vc.dtype) @ vc))
     return torch.cat(outputs) if len(outputs) > 1 else outputs[0]
 
 
@@ -266,6 +261,7 @@ def _chunk_weights(qc, kc, bias: torch.Tensor, mask: torch.Tensor | None, offset
     """Softmax attention weights (chunk, heads, n, n) of one chunk, MONAI's formula (float32 when the bias is)."""
     scores = (qc * scale) @ kc.transpose(-2, -1) + bias
     if mask is not None:
+        # the mask needs no gradient: in place, the scores are this chunk's own temporary
         scores = scores.add_(mask[offset : offset + qc.shape[0]].unsqueeze(1))
     return scores.softmax(dim=-1)
 
