@@ -37,6 +37,10 @@ def test_writes_every_documented_figure(tmp_path, capsys):
         assert row["volumes_per_s"] == pytest.approx(2 / row["median_s_per_iteration"])
         assert row["flops_per_step"] > 0
         assert row["achieved_flops_per_s"] == pytest.approx(row["flops_per_step"] / row["median_s_per_iteration"])
+        # per timed round: CPU time in user and kernel mode and minor faults of the process during the step
+        assert len(row["user_s"]) == len(row["system_s"]) == len(row["minor_faults"]) == 2
+        assert row["user_s_per_iteration"] > 0 and row["system_s_per_iteration"] >= 0
+        assert all(faults >= 0 for faults in row["minor_faults"])
     # MONAI's arithmetic by either forward (the fused kernel's FLOPs are counted like MONAI's matrix products),
     # plus the scores the CPU training attention recomputes in its backward instead of keeping them
     assert rows["monai_lower_bound"]["flops_per_step"] < rows["lower_bound"]["flops_per_step"]
@@ -46,11 +50,13 @@ def test_writes_every_documented_figure(tmp_path, capsys):
     median = {name: row["median_s_per_iteration"] for name, row in rows.items()}
     assert saved["ratio_dagman_to_monai_lower_bound"] == pytest.approx(median["dagman"] / median["monai_lower_bound"])
     assert saved["ratio_dagman_to_smit"] == pytest.approx(median["dagman"] / median["smit"])
+    user = {name: row["user_s_per_iteration"] for name, row in rows.items()}
+    assert saved["ratio_dagman_to_monai_lower_bound_user"] == pytest.approx(user["dagman"] / user["monai_lower_bound"])
     assert saved["data_to_step_throughput"] == pytest.approx(saved["data_volumes_per_s"] / rows["dagman"]["volumes_per_s"])
     assert saved["data_to_assumed_step_throughput"] == pytest.approx(saved["data_volumes_per_s"] * 0.25 / 2)
     assert saved["ratio_clean_to_noisy_satt"] == pytest.approx(median["dagman"] / median["dagman_noisy_satt"])
     table = capsys.readouterr().out
-    assert "clean / noisy SATT" in table and "ratio DAGMaN / MONAI lower bound" in table
+    assert "clean / noisy SATT" in table and "ratio DAGMaN / MONAI lower bound" in table and "user CPU time" in table
     assert "ratio DAGMaN / lower bound" in table and "data / step throughput" in table
 
 
