@@ -6,6 +6,7 @@ of it alone, scored exactly as ``python -m dagman_components.analysis.probe`` sc
 AUC / AP, case-grouped folds; organ kNN).
 
     python docs/results/study/stage_probe.py RUN/models/model_epoch0.pt RUN/models/model.pt ... --output stage_probe.json
+    python docs/results/study/stage_probe.py ... --tokens      # also the probe's default feature (seventh session)
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default="../shared/data/real")
     parser.add_argument("--hu_range", type=float, nargs=2, default=(-175.0, 250.0))
     parser.add_argument("--output", default=None, help="JSON file (merged into if it exists)")
+    parser.add_argument("--tokens", action="store_true", help="also score the probe's default feature, tokens")
     args = parser.parse_args()
     data = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range))
     result = json.loads(Path(args.output).read_text()) if args.output and Path(args.output).exists() else {}
@@ -50,6 +52,8 @@ def main() -> None:
         rows = {"multiscale": score(tumour, organ, data)}
         for name, columns in stage_slices(tumour.shape[1] // 31).items():
             rows[name] = score(tumour[:, columns], organ[:, columns], data)
+        if args.tokens:  # the probe's default feature (SA-stage tokens before the SA blocks)
+            rows["tokens"] = score(block_features(encoder, data.tumour, "tokens"), block_features(encoder, data.organ, "tokens"), data)
         result[path] = rows
         print(path, json.dumps(rows), flush=True)
         if args.output:
