@@ -151,28 +151,35 @@ def knn_accuracy(
     folds: int = 5,
     seed: int = 0,
     metric: str = "euclidean",
+    repeats: int = 1,
 ) -> dict[str, Any]:
     """
     Cross-validated k-nearest-neighbour accuracy (scikit-learn).
 
-    ``StratifiedKFold(folds, shuffle=True, random_state=seed)``; in each fold a distance-weighted
-    ``KNeighborsClassifier(k, metric)`` is fitted on the other folds and scored on the held-out one; the
-    mean and std (``ddof=0``) run over the folds. ``folds`` is lowered to the smallest class count and
-    ``k`` to the smallest training-fold size; with fewer than 2 samples in some class no accuracy is
-    computed (``accuracy_mean`` None, ``reason`` says why).
+    ``StratifiedKFold(folds, shuffle=True, random_state=seed + r)`` for each repeat r of ``repeats`` (1);
+    in each fold a distance-weighted ``KNeighborsClassifier(k, metric)`` is fitted on the other folds and
+    scored on the held-out one. ``accuracy_mean`` and ``accuracy_std`` (``ddof=0``) run over all folds of
+    all repeats, ``accuracy_per_repeat`` holds each split's mean. ``folds`` is lowered to the smallest
+    class count and ``k`` to the smallest training-fold size; with fewer than 2 samples in some class no
+    accuracy is computed (``accuracy_mean`` None, ``reason`` says why).
     """
     features, labels = _check(features, labels)
+    if int(repeats) < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}.")
     smallest = int(np.unique(labels, return_counts=True)[1].min())
     used_folds = min(int(folds), smallest)
     if used_folds < 2:
         return {"accuracy_mean": None, "accuracy_std": None, "k": int(k), "folds": used_folds, "metric": metric,
-                "reason": f"a class has {smallest} sample(s): cross-validation needs at least 2 per class"}
+                "repeats": int(repeats), "reason": f"a class has {smallest} sample(s): cross-validation needs at least 2 per class"}
     used_k = max(1, min(int(k), len(labels) - int(np.ceil(len(labels) / used_folds))))
-    splitter = StratifiedKFold(n_splits=used_folds, shuffle=True, random_state=seed)
     classifier = KNeighborsClassifier(n_neighbors=used_k, weights="distance", metric=metric)
-    scores = cross_val_score(classifier, features, labels, cv=splitter)
+    per_repeat = [cross_val_score(classifier, features, labels,
+                                  cv=StratifiedKFold(n_splits=used_folds, shuffle=True, random_state=seed + r))
+                  for r in range(int(repeats))]
+    scores = np.concatenate(per_repeat)
     return {"accuracy_mean": float(scores.mean()), "accuracy_std": float(scores.std()), "k": used_k,
-            "folds": used_folds, "metric": metric}
+            "folds": used_folds, "metric": metric, "repeats": int(repeats),
+            "accuracy_per_repeat": [float(s.mean()) for s in per_repeat]}
 
 
 def umap_embedding(

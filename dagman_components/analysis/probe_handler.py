@@ -119,7 +119,8 @@ class ProbeHandler:
         batch_size: tiles per forward (4).
         prepare_options: more :py:func:`~dagman_components.analysis.probe.prepare_probe_data` arguments
             (``max_cases``, ``tumour_sources``, ``spacing``, ``hu_range``, ``tile_size``, ``organs``, ...).
-        probe_options: more scoring arguments (``n_folds``, ``C``, ``max_iter``, ``knn_k``, ``seed``).
+        probe_options: more scoring arguments (``n_folds``, ``C``, ``max_iter``, ``knn_k``, ``seed``,
+            ``cv_repeats``: splits averaged, 5).
     """
 
     def __init__(

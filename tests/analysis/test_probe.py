@@ -24,6 +24,7 @@ from dagman_components.analysis.probe import (
     label_tumour_blocks,
     linear_probe,
     main,
+    organ_knn,
     prepare_probe_data,
     preprocessing_from_config,
     probe_baselines,
@@ -168,6 +169,28 @@ def test_grouped_folds_never_split_a_case():
     assert len(grouped_folds(labels[groups < 2], groups[groups < 2], n_folds=5)) == 2
     with pytest.raises(ValueError, match="at least 2 cases"):
         grouped_folds(labels[groups == 0], groups[groups == 0])
+
+
+def test_repeated_probe_averages_different_splits_and_rejects_zero_repeats():
+    rng = np.random.default_rng(2)
+    groups = rng.integers(0, 9, size=400)
+    labels = (rng.random(400) < 0.25).astype(int)
+    features = rng.standard_normal((400, 5)) + 0.8 * labels[:, None]
+    single = linear_probe(features, labels, groups, seed=4)
+    result = linear_probe(features, labels, groups, seed=4, repeats=3)
+    assert result["repeats"] == 3 and len(result["auc_per_repeat"]) == 3 and len(result["per_fold"]) == 3 * result["folds"]
+    assert result["auc_per_repeat"][0] == pytest.approx(single["auc"])  # repeat 0 is the single run's split
+    assert result["auc"] == pytest.approx(np.mean(result["auc_per_repeat"]))
+    assert result["ap"] == pytest.approx(np.mean(result["ap_per_repeat"]))
+    test_cases = {r: [tuple(f["test_cases"]) for f in result["per_fold"] if f["repeat"] == r] for r in range(3)}
+    assert len({tuple(sorted(v)) for v in test_cases.values()}) > 1  # the repeats split the cases differently
+    with pytest.raises(ValueError, match="repeats"):
+        linear_probe(features, labels, groups, repeats=0)
+    knn = organ_knn(features, groups % 3, k=5, folds=5, repeats=4)
+    assert knn["repeats"] == 4 and len(knn["accuracy_per_repeat"]) == 4
+    assert knn["accuracy_per_repeat"][0] == pytest.approx(organ_knn(features, groups % 3, k=5, folds=5)["accuracy_mean"])
+    assert knn["accuracy_mean"] == pytest.approx(np.mean(knn["accuracy_per_repeat"]))
+    assert len(set(knn["accuracy_per_repeat"])) > 1
 
 
 def test_intensity_probe_separates_and_shuffled_labels_do_not(probe_data):

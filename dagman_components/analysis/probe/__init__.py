@@ -47,6 +47,10 @@ Scores:
   stratified ``folds`` (5)-fold accuracy (:py:func:`~dagman_components.analysis.clustering.knn_accuracy`).
   Neighbouring blocks of one organ overlap in receptive field and look alike, and the folds are not
   grouped (one CT), so the absolute accuracies are optimistic; compare the rows.
+- both are cross-validated ``cv_repeats`` (5) times with fold seeds ``seed``, ``seed + 1``, ... and
+  averaged **[choice]**: on the real data one split's tumour AUC moves by up to 0.01 and the 61-block
+  organ kNN by up to 0.04 with the split, as much as the random-init seeds differ
+  (docs/results/study.md, eighth session).
 
 Preprocessed blocks are cached in memory (keyed by the files, their modification times and the
 settings): :py:func:`prepare_probe_data` runs once per data set and process, and
