@@ -28,7 +28,8 @@ def main() -> None:
     for run in args.runs:
         probes = run / "probe_snaps.json"
         result[run.name] = {
-            "monitors": epoch_monitors(run / "console.log", args.every),
+            # console_0.log, console_1.log, ...: the logs of earlier, interrupted parts of a resumed run
+            "monitors": epoch_monitors(sorted(run.glob("console_*.log")) + [run / "console.log"], args.every),
             "probe_tokens": json.loads(probes.read_text()) if probes.exists() else {},
         }
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")

@@ -42,12 +42,17 @@ def probe_curve(run: Path, data, feature: str, pattern: str = "*_epoch*.pt") -> 
     return {k: v for k, v in cache.items() if k.endswith(f":{feature}")}
 
 
-def epoch_monitors(log: Path, every: int) -> dict:
-    per_epoch = defaultdict(list)
-    for line in log.read_text().splitlines():
-        match = re.search(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- (.*)", line)
-        if match:
-            per_epoch[int(match.group(1))].append(dict(re.findall(r"(\w+): ([-\d.]+)", match.group(2))))
+def epoch_monitors(log: Path | list[Path], every: int) -> dict:
+    """Epoch means of the monitors in a console log, or in the logs of an interrupted and resumed run
+    (oldest first: an epoch a later log holds replaces the earlier log's, partial, copy)."""
+    per_epoch: dict[int, list] = defaultdict(list)
+    for path in [log] if isinstance(log, Path) else log:
+        this_log = defaultdict(list)
+        for line in path.read_text().splitlines():
+            match = re.search(r"Epoch: (\d+)/\d+, Iter: \d+/\d+ -- (.*)", line)
+            if match:
+                this_log[int(match.group(1))].append(dict(re.findall(r"(\w+): ([-\d.]+)", match.group(2))))
+        per_epoch.update(this_log)
     out = {}
     last = max(per_epoch, default=0)
     for epoch, rows in sorted(per_epoch.items()):
