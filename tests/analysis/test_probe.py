@@ -214,11 +214,14 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
                              "--feature_size", "12"])
     printed = capsys.readouterr().out
     assert "tumour AUC" in printed and "random init (1 seed)" in printed and "intensity" in printed
+    assert "mean of 5 CV splits" in printed
     result = json.loads((out / "probe.json").read_text())
     assert result["encoder"]["kwargs"]["depths"] == [1, 1, 1, 1]
     assert result["encoder"]["path"] == str(tiny_model)
     tumour = result["encoder"]["tumour"]
     assert 0.0 <= tumour["auc"] <= 1.0 and 0.0 <= tumour["ap"] <= 1.0 and tumour["folds"] == 5
+    assert tumour["repeats"] == 5 and len(tumour["per_fold"]) == 25 and result["encoder"]["organ"]["repeats"] == 5
+    assert result["settings"]["probe"]["cv_repeats"] == 5
     for fold in tumour["per_fold"]:
         assert len(fold["test_cases"]) == 1 and fold["test_cases"][0] not in fold["train_cases"]
     assert result["data"]["tumour"]["blocks"] == {"tissue": 220, "tumour": 20}

@@ -37,7 +37,7 @@ def format_probe_table(result: Mapping[str, Any]) -> str:
     organ_data = result["data"]["organ"]
     header = (f"probe '{result['settings']['feature']}' features: {blocks.get('tumour', 0)} tumour / "
               f"{blocks.get('tissue', 0)} tissue blocks in {len(result['data']['tumour']['cases'])} cases "
-              f"(AP chance {enc['tumour']['prevalence']:.3f}); organ kNN: "
+              f"(AP chance {enc['tumour']['prevalence']:.3f}; mean of {enc['tumour'].get('repeats', 1)} CV splits); organ kNN: "
               + (f"{organ_data['num_blocks']} blocks of {len(organ_data['blocks'])} organs" if organ_data else
                  f"none ({result['data']['organ_reason']})"))
     widths = [max(len(r[i]) for r in rows + [("", "tumour AUC", "tumour AP", "organ kNN")]) for i in range(4)]
