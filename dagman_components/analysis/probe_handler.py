@@ -26,6 +26,7 @@ import torch.nn as nn
 from ignite.engine import Engine, Events
 
 from dagman_components.analysis.probe import (
+    DEFAULT_PROBE_FEATURE,
     ProbeData,
     encoder_kwargs_from_encoder,
     evaluate_encoder,
@@ -113,7 +114,7 @@ class ProbeHandler:
             (:py:func:`~dagman_components.analysis.probe.encoder_kwargs_from_encoder`).
         config_file: pretrain config(s) for ``encoder_kwargs``.
         n_random_seeds: random-init references (3).
-        feature: per-block feature (``"tokens"``).
+        feature: per-block feature (:py:data:`~dagman_components.analysis.probe.DEFAULT_PROBE_FEATURE`, ``"multiscale"``).
         evaluate_at_start: also evaluate when the run starts (False).
         resume: keep the points of an existing ``probe_curve.json`` (False: start a new curve).
         batch_size: tiles per forward (4).
@@ -136,7 +137,7 @@ class ProbeHandler:
         encoder_kwargs: Mapping[str, Any] | None = None,
         config_file: str | os.PathLike | Sequence[str] | None = None,
         n_random_seeds: int = 3,
-        feature: str = "tokens",
+        feature: str = DEFAULT_PROBE_FEATURE,
         evaluate_at_start: bool = False,
         resume: bool = False,
         batch_size: int = 4,

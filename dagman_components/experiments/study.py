@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from dagman_components.analysis.probe import DEFAULT_PROBE_FEATURE
+
 __all__ = ["MONITOR_TAGS", "collapse_monitors", "evaluate_study", "plot_learning_curves", "snapshots"]
 
 logger = logging.getLogger(__name__)
@@ -80,7 +82,7 @@ def evaluate_study(
     runs: Mapping[str, Mapping[str, Any]],
     data_dir: str = "../shared/data/real",
     output_dir: str = "docs/results/study",
-    feature: str = "tokens",
+    feature: str = DEFAULT_PROBE_FEATURE,
     n_random_seeds: int = 3,
     iterations_per_epoch: int = 6,
     device: str = "cpu",

@@ -229,15 +229,16 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
     assert result["data"]["organ"]["blocks"] == {"spleen": 16, "kidney_right": 16, "liver": 16}
     assert result["random_init"]["seeds"] == [0] and len(result["random_init"]["per_seed"]) == 1
     assert result["intensity"]["tumour"]["auc"] > 0.99
-    assert result["encoder"]["organ"]["k"] == 5 and result["settings"]["feature"] == "tokens"
-    assert tumour["num_features"] == 8 * 12
+    # the default feature is multiscale (DEFAULT_PROBE_FEATURE): 31 F values per block
+    assert result["encoder"]["organ"]["k"] == 5 and result["settings"]["feature"] == "multiscale"
+    assert tumour["num_features"] == 31 * 12
 
-    # the API with the multiscale features: 31 F values per block; same blocks, reused from the cache
-    api = run_probe(tiny_model, data_root, encoder_kwargs=TINY, output_dir=tmp_path / "api", feature="multiscale",
+    # the API with the SA-stage tokens: 8 F values per block; same blocks, reused from the cache
+    api = run_probe(tiny_model, data_root, encoder_kwargs=TINY, output_dir=tmp_path / "api", feature="tokens",
                     n_random_seeds=0)
     assert (tmp_path / "api" / "probe.json").is_file()
     assert api["data"]["tumour"]["num_blocks"] == 240 and api["random_init"]["tumour_auc_mean"] is None
-    assert 0.0 <= api["encoder"]["tumour"]["auc"] <= 1.0 and api["encoder"]["tumour"]["num_features"] == 31 * 12
+    assert 0.0 <= api["encoder"]["tumour"]["auc"] <= 1.0 and api["encoder"]["tumour"]["num_features"] == 8 * 12
     with pytest.raises(ValueError, match="unknown options"):
         main(str(tiny_model), str(data_root), output_dir=str(tmp_path / "x"), featuresize=12)
 

@@ -24,12 +24,12 @@ body (HU > ``body_hu``, -500, measured before windowing); every other block (tum
 left out. Organ kNN: a block is labelled by the organ that fills at least ``organ_fraction`` (0.5)
 of it; organs with fewer than ``min_blocks_per_organ`` (5) blocks are left out.
 
-Features (``feature``, one of :py:data:`PROBE_FEATURES`):
+Features (``feature``, one of :py:data:`PROBE_FEATURES`; default :py:data:`DEFAULT_PROBE_FEATURE`, ``"multiscale"``):
 
 - ``"tokens"``: ``EncoderOutput.tokens``, the layer-normalised SA-stage tokens before the SA blocks
   (8F values at ``sa_stage=3``);
 - ``"sa_tokens"``: the patch tokens after the SA blocks (8F; encoders with semantic attention only);
-- ``"multiscale"`` **[choice]**: the five ``EncoderOutput.hidden_states`` (strides 2..32; with
+- ``"multiscale"`` **[choice]**, the default: the five ``EncoderOutput.hidden_states`` (strides 2..32; with
   ``sa_inline`` the stride-16 map is the one after SA) brought to the token grid, finer maps
   average-pooled over each block and the stride-32 map trilinearly upsampled, concatenated
   (F + 2F + 4F + 8F + 16F = 31F values);
@@ -87,6 +87,7 @@ from dagman_components.analysis.probe.encoders import (
 )
 from dagman_components.analysis.probe.report import format_probe_table, main, run_probe
 from dagman_components.analysis.probe.scores import (
+    DEFAULT_PROBE_FEATURE,
     PROBE_FEATURES,
     block_features,
     clear_probe_cache,
@@ -99,6 +100,7 @@ from dagman_components.analysis.probe.scores import (
 
 __all__ = [
     "PROBE_FEATURES",
+    "DEFAULT_PROBE_FEATURE",
     "DEFAULT_ENCODER_KWARGS",
     "DEFAULT_PREPROCESSING",
     "INTENSITY_STATISTICS",

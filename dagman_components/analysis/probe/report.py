@@ -14,7 +14,13 @@ import torch
 from dagman_components.analysis.clustering import write_json
 from dagman_components.analysis.probe.blocks import DEFAULT_PREPROCESSING, prepare_probe_data
 from dagman_components.analysis.probe.encoders import _encoder_parameter_names, build_encoder, preprocessing_from_config
-from dagman_components.analysis.probe.scores import _fmt, _summary_line, evaluate_encoder, probe_baselines
+from dagman_components.analysis.probe.scores import (
+    DEFAULT_PROBE_FEATURE,
+    _fmt,
+    _summary_line,
+    evaluate_encoder,
+    probe_baselines,
+)
 
 __all__ = ["format_probe_table", "run_probe", "main"]
 
@@ -52,7 +58,7 @@ def run_probe(
     encoder_kwargs: Mapping[str, Any] | None = None,
     config_file: str | os.PathLike | Sequence[str] | None = None,
     output_dir: str | os.PathLike = "probe",
-    feature: str = "tokens",
+    feature: str = DEFAULT_PROBE_FEATURE,
     tumour_sources: Sequence[str] = ("sts",),
     organs: bool = True,
     max_cases: int | None = None,
@@ -85,7 +91,7 @@ def run_probe(
         config_file: pretrain config path(s) whose ``encoder_def`` gives the arguments (applied before
             ``encoder_kwargs``), e.g. ``["bundles/pretrain/configs/train.yaml", "my.yaml"]``.
         output_dir: where ``probe.json`` goes ("probe").
-        feature: one of :py:data:`PROBE_FEATURES` ("tokens").
+        feature: one of :py:data:`PROBE_FEATURES` (:py:data:`DEFAULT_PROBE_FEATURE`, "multiscale").
         tumour_sources, organs, max_cases, spacing, hu_range, tile_size, body_hu, tumour_fraction,
             body_fraction, organ_fraction, min_blocks_per_organ, organ_label_offset: the data
             (:py:func:`prepare_probe_data`; its blocks are cached across calls). ``spacing`` and
@@ -156,7 +162,7 @@ def main(
     data_dir: str,
     output_dir: str = "probe",
     config_file: str | Sequence[str] | None = None,
-    feature: str = "tokens",
+    feature: str = DEFAULT_PROBE_FEATURE,
     tumour_sources: Sequence[str] = ("sts",),
     organs: bool = True,
     max_cases: int | None = None,
