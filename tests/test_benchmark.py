@@ -58,6 +58,7 @@ def test_writes_every_documented_figure(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "clean / noisy SATT" in table and "ratio DAGMaN / MONAI lower bound" in table and "user CPU time" in table
     assert "ratio DAGMaN / lower bound" in table and "data / step throughput" in table
+    assert saved["allocator"]["name"] in {"glibc", "jemalloc", "tcmalloc"} and "malloc: " in table
 
 
 @pytest.mark.slow
@@ -80,3 +81,14 @@ def test_gradient_checkpointing_lowers_the_measured_peak():
 def test_bad_roi_is_refused():
     with pytest.raises(ValueError, match="multiple of 32"):
         main(roi_size=48)
+
+
+def test_memory_allocator_is_read_from_ld_preload():
+    from dagman_components.benchmark import memory_allocator
+
+    assert memory_allocator({}) == {"name": "glibc", "ld_preload": None, "malloc_conf": None}
+    jemalloc = memory_allocator({"LD_PRELOAD": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "MALLOC_CONF": "dirty_decay_ms:-1"})
+    assert jemalloc == {"name": "jemalloc", "ld_preload": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+                        "malloc_conf": "dirty_decay_ms:-1"}
+    assert memory_allocator({"LD_PRELOAD": "/opt/libiomp5.so:/usr/lib/libtcmalloc.so.4"})["name"] == "tcmalloc"
+    assert memory_allocator({"LD_PRELOAD": "/opt/libiomp5.so"})["name"] == "glibc"
