@@ -1,4 +1,4 @@
-"""Config values that arrive as strings from the command line: flags and whole numbers, checked with the key's name.
+"""Config values that arrive as strings from the command line: flags, whole numbers and nulls, checked with the key's name.
 
 This module is at the bottom of the package (it imports nothing of it), so networks, engines, data and the
 bundle glue all use the same two functions; :py:mod:`dagman_components.bundle_utils` re-exports them for the
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["as_bool", "positive_int"]
+__all__ = ["as_bool", "positive_int", "optional"]
 
 _TRUE = ("true", "1", "yes", "on")
 _FALSE = ("false", "0", "no", "off", "none", "null", "")
@@ -53,3 +53,17 @@ def positive_int(value: object, name: str = "value") -> int:
     if not valid or number != int(number) or number < 1:
         raise ValueError(f"{name} must be a positive whole number, got {value!r}.")
     return int(number)
+
+
+_NULL = ("none", "null", "")
+
+
+def optional(value: object) -> object:
+    """None for a config value that means "not set" (``null`` in YAML, or ``null``/``none`` on the command line), else the value.
+
+    ``--view_region_size null`` reaches the config as the *string* ``"null"`` (only ``None`` is turned into
+    None by the command-line parser), so keys whose null switches a feature off go through here.
+    """
+    if isinstance(value, str) and value.strip().lower() in _NULL:
+        return None
+    return value

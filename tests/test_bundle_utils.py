@@ -74,3 +74,16 @@ def test_bundle_utils_re_exports_the_lower_layers_helpers():
 
     assert bundle_utils.as_bool is options.as_bool and bundle_utils.positive_int is options.positive_int
     assert bundle_utils.prepare_dataset is datalist.prepare_dataset
+
+
+@pytest.mark.parametrize("value", [None, "null", "None", " none ", ""])
+def test_optional_reads_command_line_nulls(value):
+    from dagman_components.options import optional
+
+    assert optional(value) is None
+
+
+def test_optional_keeps_set_values():
+    from dagman_components.options import optional
+
+    assert optional([72, 72, 72]) == [72, 72, 72] and optional(0) == 0 and optional("memory") == "memory"

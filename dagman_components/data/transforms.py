@@ -39,6 +39,8 @@ from monai.transforms import (
 )
 from monai.utils import ensure_tuple, ensure_tuple_rep
 
+from dagman_components.options import optional
+
 from .checks import CheckedLoadImaged, CheckForegroundd, CheckIntensityd, file_name
 
 __all__ = [
@@ -229,8 +231,12 @@ def two_view_crops(
             f"view_keys must be distinct keys other than source_key '{source_key}', got {tuple(view_keys)}."
         )
     transforms: list[Transform] = []
+    view_region_size = optional(view_region_size)  # "null" from the command line
     if view_region_size is not None:
-        region = [int(r) for r in ensure_tuple(view_region_size)]
+        try:
+            region = [int(r) for r in ensure_tuple(view_region_size)]
+        except (TypeError, ValueError):
+            raise ValueError(f"view_region_size must be null or 3 whole numbers (e.g. [72, 72, 72]), got {view_region_size!r}.") from None
         if len(region) != len(ensure_tuple(roi_size)) or any(r < int(v) for r, v in zip(region, ensure_tuple(roi_size))):
             raise ValueError(f"view_region_size must be at least roi_size {tuple(roi_size)} on every axis, got {tuple(region)}.")
         transforms.append(RandSpatialCropd(source_key, roi_size=region, random_size=False))

@@ -163,7 +163,7 @@ def _crop_origin(volume: torch.Tensor, view: torch.Tensor) -> tuple[int, int, in
     return index // (h * w), (index // w) % h, index % w
 
 
-@pytest.mark.parametrize("region", [None, (12, 12, 12)])
+@pytest.mark.parametrize("region", [None, "null", (12, 12, 12)])  # "null": --view_region_size null on the CLI
 def test_views_inside_one_region_overlap(region):
     shape, roi = (40, 40, 40), (8, 8, 8)
     volume = torch.arange(math.prod(shape), dtype=torch.float64).reshape(1, *shape)
@@ -174,7 +174,7 @@ def test_views_inside_one_region_overlap(region):
         out = crops({"image": volume.clone()})
         a, b = _crop_origin(volume, out["view_1"]), _crop_origin(volume, out["view_2"])
         spans.append(max(abs(x - y) for x, y in zip(a, b)))
-    if region is None:
+    if region in (None, "null"):
         assert max(spans) > 12 - 8  # anywhere in the volume: some pairs lie further apart than a region allows
     else:
         assert max(spans) <= 12 - 8  # both views inside one 12^3 region: offsets differ by at most 4 per axis
@@ -183,6 +183,8 @@ def test_views_inside_one_region_overlap(region):
 def test_view_region_must_hold_a_view():
     with pytest.raises(ValueError, match="view_region_size"):
         two_view_crops((8, 8, 8), view_region_size=(6, 12, 12))
+    with pytest.raises(ValueError, match="view_region_size must be null or 3 whole numbers"):
+        two_view_crops((8, 8, 8), view_region_size="[72,72,72")
 
 
 def test_appearance_augmentation_changes_each_view_independently():
