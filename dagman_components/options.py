@@ -61,8 +61,9 @@ _NULL = ("none", "null", "")
 def optional(value: object) -> object:
     """None for a config value that means "not set" (``null`` in YAML, or ``null``/``none`` on the command line), else the value.
 
-    ``--view_region_size null`` reaches the config as the *string* ``"null"`` (only ``None`` is turned into
-    None by the command-line parser), so keys whose null switches a feature off go through here.
+    ``--view_region_size null`` reaches the config as the *string* ``"null"``, and ``--view_region_size None``
+    is dropped by the command line altogether (the key keeps the config's value: measured, docs/results/study.md,
+    ninth session), so keys whose null switches a feature off go through here.
     """
     if isinstance(value, str) and value.strip().lower() in _NULL:
         return None
