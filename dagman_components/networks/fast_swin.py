@@ -2,7 +2,7 @@
 
 MONAI's ``BasicLayer`` / ``SwinTransformerBlock`` / ``WindowAttention`` hold the parameters; only the
 order of the computation changes, so every parameter name (and ``SwinUNETR.load_state_dict``) stays
-MONAI's. Three things make MONAI's forward slow on a CPU (profile of the pretraining step):
+MONAI's. Four things make MONAI's forward slow on a CPU (profile of the pretraining step):
 
 1. **Window attention.** Each (window, head) is a tiny matrix product (64 tokens, head dim 3-24),
    so ``q @ k^T``, the bias add, the softmax and ``attn @ v`` stream the (windows, heads, n, n)
@@ -26,6 +26,10 @@ MONAI's. Three things make MONAI's forward slow on a CPU (profile of the pretrai
    path are per token, so an unshifted block needs no copy and a shifted block one gather from
    one window order to the other; the patch merging at the end of the stage is folded into one
    last gather. The shift mask and the orders are built once per grid, not per forward.
+4. **The bias of every linear layer.** ``F.linear`` on CPU writes the bias into the output and reads it
+   back in the product, which doubles the cost of the stages' tall, thin products; the qkv, projection
+   and MLP layers run :func:`~dagman_components.networks.fused_linear.fused_linear` (oneDNN's linear, the
+   bias fused, and the MLP's GELU too when no gradient is kept).
 
 The arithmetic per token and per window is MONAI's (same formula, same order of additions); the
 fused kernel differs from it by float rounding only (tests: outputs and input gradients within 1e-5).
@@ -41,6 +45,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from monai.networks.blocks import MLPBlock
 from monai.networks.nets.swin_unetr import (
     BasicLayer,
     PatchMerging,
@@ -51,6 +56,8 @@ from monai.networks.nets.swin_unetr import (
     window_partition,
 )
 from torch.utils import checkpoint
+
+from .fused_linear import fused_linear
 
 __all__ = [
     "ATTENTION_CHUNK_BYTES",
@@ -282,16 +289,24 @@ def window_attention(
     """
     batch_windows, n, c = x.shape
     heads = attn.num_heads
-    qkv = attn.qkv(x).reshape(batch_windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
+    qkv = fused_linear(attn.qkv, x).reshape(batch_windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.unbind(0)
     bias = relative_position_bias(attn, n)
     if fused is None:
         fused = x.device.type != "cpu" or not torch.is_grad_enabled()
         if not fused and not (attn.training and attn.attn_drop.p > 0):
             out = _RecomputedWindowAttention.apply(q, k, v, bias, mask, attn.scale)
-            return attn.proj_drop(attn.proj(out))
+            return attn.proj_drop(fused_linear(attn.proj, out))
     out = (_sdpa if fused else _explicit)(attn, q, k, v, bias, mask)
-    return attn.proj_drop(attn.proj(out))
+    return attn.proj_drop(fused_linear(attn.proj, out))
+
+
+def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """MONAI ``MLPBlock`` forward with :func:`fused_linear` products; any other (or hooked) module is called."""
+    if type(mlp) is not MLPBlock or mlp._forward_hooks or mlp._forward_pre_hooks:
+        return mlp(x)
+    hidden = mlp.drop1(fused_linear(mlp.linear1, x, mlp.fn))
+    return mlp.drop2(fused_linear(mlp.linear2, hidden))
 
 
 def _block(block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Tensor | None) -> torch.Tensor:
@@ -302,7 +317,7 @@ def _block(block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Ten
         return window_attention(block.attn, normed.view(-1, n, normed.shape[-1]), mask).view_as(tokens)
 
     def mlp_part(tokens: torch.Tensor) -> torch.Tensor:
-        return block.drop_path(block.mlp(block.norm2(tokens)))
+        return block.drop_path(_mlp(block.mlp, block.norm2(tokens)))
 
     if block.use_checkpoint and torch.is_grad_enabled():
         x = x + block.drop_path(checkpoint.checkpoint(attention_part, x, use_reentrant=False))

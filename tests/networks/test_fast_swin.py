@@ -8,8 +8,10 @@ from monai.networks.nets import SwinUNETR
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging, get_window_size
 
 import dagman_components.networks.fast_swin as fast_swin
+import dagman_components.networks.fused_linear as fused_module
 from dagman_components.networks import SASwinEncoder
 from dagman_components.networks.fast_swin import relative_position_bias, shift_mask, swin_stage, window_attention
+from dagman_components.networks.fused_linear import FUSED_LINEAR_MIN_ROWS, fused_linear_available
 
 TOLERANCE = 1e-5  # the fused kernel adds float rounding; the explicit path is the same arithmetic as MONAI's
 
@@ -69,6 +71,24 @@ def test_parameter_gradients_equal_monai():
     for (name, p), q in zip(layer.named_parameters(), twin.parameters()):
         # sums over every token of the stage, in another order: relative to the gradient's scale
         assert torch.allclose(p.grad, q.grad, atol=TOLERANCE * float(q.grad.abs().max()), rtol=TOLERANCE), name
+
+
+@pytest.mark.skipif(not fused_linear_available(), reason="this PyTorch has no oneDNN fused linear")
+@pytest.mark.parametrize("grad", [True, False], ids=["training", "no_grad"])
+def test_stage_large_enough_for_the_fused_linear_equals_monai(monkeypatch, grad):
+    """16,384 tokens: the stage's qkv, proj and MLP products run oneDNN's fused linear (GELU fused without grad)."""
+    calls = []
+    original = fused_module._pointwise
+    monkeypatch.setattr(fused_module, "_pointwise", lambda *args: calls.append(args[-1]) or original(*args))
+    layer = stage()
+    x = torch.randn(2, 16, 16, 32, 12)
+    assert 2 * 16 * 16 * 32 >= FUSED_LINEAR_MIN_ROWS
+    fast_out, monai_out, fast_grad, monai_grad = run_both(layer, x, grad)
+    # two blocks: qkv, proj, fc1, fc2 each
+    assert calls == (["none"] * 8 if grad else ["none", "none", "gelu", "none"] * 2)
+    assert torch.allclose(fast_out, monai_out, atol=TOLERANCE, rtol=0)
+    if grad:
+        assert torch.allclose(fast_grad, monai_grad, atol=TOLERANCE, rtol=0)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
