@@ -161,6 +161,12 @@ def _chunk_windows(num_windows: int, heads: int, n: int, mask_windows: int | Non
     return max(d for d in range(1, target + 1) if mask_windows % d == 0)
 
 
+def _split_heads(qkv: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(windows, n, 3 * heads * hd) -> q, k, v, each a (windows, heads, n, hd) view: MONAI's reshape and permute."""
+    windows, n, channels = qkv.shape
+    return qkv.view(windows, n, 3, heads, channels // (3 * heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(windows, heads, n, hd) -> (windows, n, heads * hd), MONAI's ``transpose(1, 2).reshape``."""
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
@@ -222,12 +228,13 @@ class _RecomputedWindowAttention(torch.autograd.Function):
     (windows, heads, n, n) weights of every block until the backward (906 MB for stage 1 of a 96^3 /
     F=48 step of batch 2), each a fresh allocation whose pages the kernel must fault in.
 
-    Inputs: q, k, v (B*nW, heads, n, hd), bias (heads, n, n) float32, mask (nW, n, n) or None; q unscaled.
-    Output: (B*nW, n, heads * hd).
+    Inputs: qkv (B*nW, n, 3 * heads * hd), the qkv layer's output (q unscaled); the number of heads;
+    bias (heads, n, n) float32; mask (nW, n, n) or None. Output: (B*nW, n, heads * hd).
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, mask, scale):  # type: ignore[override]
+    def forward(ctx, qkv, heads, bias, mask, scale):  # type: ignore[override]
+        q, k, v = _split_heads(qkv, heads)
         batch_windows, heads, n, head_dim = q.shape
         chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
         out = v.new_empty((batch_windows, n, heads * head_dim))  # a tuple: MONAI MetaTensors take no varargs
@@ -235,18 +242,22 @@ class _RecomputedWindowAttention(torch.autograd.Function):
             stop = min(start + chunk, batch_windows)
             weights = _chunk_weights(q[start:stop], k[start:stop], bias, chunk_mask, offset, scale)
             out[start:stop] = _merge_heads(weights.to(v.dtype) @ v[start:stop])
-        ctx.save_for_backward(q, k, v, bias, mask if mask is not None else torch.empty(0))
-        ctx.has_mask, ctx.scale = mask is not None, scale
+        ctx.save_for_backward(qkv, bias, mask if mask is not None else torch.empty(0))
+        ctx.has_mask, ctx.scale, ctx.heads = mask is not None, scale, heads
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, bias, mask = ctx.saved_tensors
+        qkv, bias, mask = ctx.saved_tensors
         mask = mask if ctx.has_mask else None
         scale = ctx.scale
+        q, k, v = _split_heads(qkv, ctx.heads)
         batch_windows, heads, n, head_dim = q.shape
         chunk, chunk_mask, plan = _chunk_plan(batch_windows, heads, n, mask)
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        # the gradients written straight into the qkv layer's output layout: no stack of the three and
+        # no copy back through the reshape of the heads (two full-size copies of autograd's route)
+        grad_qkv = qkv.new_empty(qkv.shape)
+        grad_q, grad_k, grad_v = _split_heads(grad_qkv, heads)
         grad_bias = torch.zeros_like(bias, dtype=torch.float32)
         grad_heads = grad_out.view(batch_windows, n, heads, head_dim).transpose(1, 2)  # (B*nW, heads, n, hd)
         for start, offset in plan:
@@ -261,7 +272,7 @@ class _RecomputedWindowAttention(torch.autograd.Function):
             grad_scores = grad_scores.to(q.dtype)
             grad_q[start:stop] = (grad_scores @ kc) * scale
             grad_k[start:stop] = grad_scores.transpose(-2, -1) @ (qc * scale)
-        return grad_q, grad_k, grad_v, grad_bias.to(bias.dtype), None, None
+        return grad_qkv, None, grad_bias.to(bias.dtype), None, None
 
 
 def _chunk_weights(qc, kc, bias: torch.Tensor, mask: torch.Tensor | None, offset: int, scale: float) -> torch.Tensor:
@@ -289,14 +300,14 @@ def window_attention(
     """
     batch_windows, n, c = x.shape
     heads = attn.num_heads
-    qkv = fused_linear(attn.qkv, x).reshape(batch_windows, n, 3, heads, c // heads).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
+    qkv = fused_linear(attn.qkv, x).reshape(batch_windows, n, 3 * c)
     bias = relative_position_bias(attn, n)
     if fused is None:
         fused = x.device.type != "cpu" or not torch.is_grad_enabled()
         if not fused and not (attn.training and attn.attn_drop.p > 0):
-            out = _RecomputedWindowAttention.apply(q, k, v, bias, mask, attn.scale)
+            out = _RecomputedWindowAttention.apply(qkv, heads, bias, mask, attn.scale)
             return attn.proj_drop(fused_linear(attn.proj, out))
+    q, k, v = _split_heads(qkv, heads)
     out = (_sdpa if fused else _explicit)(attn, q, k, v, bias, mask)
     return attn.proj_drop(fused_linear(attn.proj, out))
 
