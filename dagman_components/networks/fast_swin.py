@@ -262,7 +262,9 @@ class _RecomputedWindowAttention(torch.autograd.Function):
         grad_heads = grad_out.view(batch_windows, n, heads, head_dim).transpose(1, 2)  # (B*nW, heads, n, hd)
         for start, offset in plan:
             stop = min(start + chunk, batch_windows)
-            qc, kc, vc, go = q[start:stop], k[start:stop], v[start:stop], grad_heads[start:stop].to(v.dtype)
+            # strided views of the qkv layout: one copy each per chunk, not one per product they enter
+            qc, kc, vc = q[start:stop].contiguous(), k[start:stop].contiguous(), v[start:stop].contiguous()
+            go = grad_heads[start:stop].to(v.dtype).contiguous()
             weights = _chunk_weights(qc, kc, bias, chunk_mask, offset, scale)  # float32 under bf16 too
             grad_v[start:stop] = weights.to(v.dtype).transpose(-2, -1) @ go
             grad_weights = (go @ vc.transpose(-2, -1)).float()
