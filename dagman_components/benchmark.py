@@ -23,7 +23,8 @@ machine drift cancels out of the ratios:
 Every variant runs at the run's precision (``--amp``), so the MONAI ratio measures the networks' forward,
 not the precision. ``flops_per_step`` is counted once per variant by ``torch.utils.flop_counter``
 (matrix products and convolutions, forward and backward; PyTorch's fused CPU attention kernel is counted
-with the flop counter's own SDPA formula, so both forwards count the same arithmetic);
+with the flop counter's own SDPA formula, and oneDNN's fused linear as the product it computes, so both
+forwards count the same arithmetic);
 ``achieved_flops_per_s`` divides it by the median step time. Each round also records the process's CPU
 time in user and in kernel mode and its minor page faults (``getrusage``): on CPU a step that allocates
 large fresh tensors spends kernel time zeroing the pages it touches, which varies between hosts, while the
@@ -254,11 +255,18 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _linear_pointwise_flops(input_shape, weight_shape, *args, **kwargs) -> int:
+    """FLOPs of oneDNN's fused linear (:mod:`~dagman_components.networks.fused_linear`): those of the same ``mm``."""
+    return 2 * math.prod(input_shape[:-1]) * input_shape[-1] * weight_shape[0]
+
+
 def step_flops(step: Callable[[], None]) -> int:
     """FLOPs of one call of ``step`` counted by ``torch.utils.flop_counter`` (matrix products, convolutions, SDPA)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     custom = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+    if hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        custom[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flops
     with FlopCounterMode(display=False, custom_mapping=custom) as counter:
         step()
     return counter.get_total_flops()

@@ -92,3 +92,20 @@ def test_memory_allocator_is_read_from_ld_preload():
                         "malloc_conf": "dirty_decay_ms:-1"}
     assert memory_allocator({"LD_PRELOAD": "/opt/libiomp5.so:/usr/lib/libtcmalloc.so.4"})["name"] == "tcmalloc"
     assert memory_allocator({"LD_PRELOAD": "/opt/libiomp5.so"})["name"] == "glibc"
+
+
+def test_fused_linear_counts_the_flops_of_its_product():
+    """The fast forward's oneDNN linear must count what F.linear counts, or achieved_flops_per_s would fall."""
+    import torch
+
+    from dagman_components.benchmark import step_flops
+    from dagman_components.networks.fused_linear import FUSED_LINEAR_MIN_ROWS, fused_linear, fused_linear_available
+
+    if not fused_linear_available():
+        pytest.skip("this PyTorch has no oneDNN fused linear")
+    linear = torch.nn.Linear(12, 36)
+    x = torch.randn(FUSED_LINEAR_MIN_ROWS, 12)
+    with torch.no_grad():
+        fused = step_flops(lambda: fused_linear(linear, x))
+        plain = step_flops(lambda: linear(x))
+    assert fused == plain == 2 * FUSED_LINEAR_MIN_ROWS * 12 * 36
