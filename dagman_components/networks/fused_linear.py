@@ -13,22 +13,25 @@ also fuse the GELU of an MLP's first layer.
 
 The module's parameters are used as they are (the weights stay MONAI's). Anything else runs the
 module itself: CUDA, bf16/fp16 or autocast (whose own kernels already fuse), ``torch.compile``,
-fewer than :data:`FUSED_LINEAR_MIN_ROWS` rows (where oneDNN's call costs more than the bias), a
+fewer than :data:`FUSED_LINEAR_MIN_ROWS` rows (where the bias costs little next to the product), a
 module with hooks, or a PyTorch without the oneDNN op.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn as nn
 
 __all__ = ["FUSED_LINEAR_MIN_ROWS", "fused_linear", "fused_linear_available"]
 
-#: rows from which the fused kernel wins (measured fp32, one thread: 1.4-2.1x at 55,296-442,368 rows,
-#: 0.95-0.99x at 6,912 rows, 0.75x at 864 rows with K=384, N=1152)
+#: rows from which the fused kernel clearly wins (measured fp32, one thread of an otherwise idle core:
+#: 1.15-1.22x at 8,192-16,384 rows with K=96, N=288; 1.03-1.06x at 4,352-6,912 rows; 0.96-0.98x at 868-2,048 rows)
 FUSED_LINEAR_MIN_ROWS = 16384
 
 
+@functools.cache
 def fused_linear_available() -> bool:
     """True when this PyTorch has oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``) usable on CPU."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
