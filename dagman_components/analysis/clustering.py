@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, pairwise_distances
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.preprocessing import StandardScaler, normalize
 
@@ -152,6 +152,7 @@ def knn_accuracy(
     seed: int = 0,
     metric: str = "euclidean",
     repeats: int = 1,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """
     Cross-validated k-nearest-neighbour accuracy (scikit-learn).
@@ -162,23 +163,39 @@ def knn_accuracy(
     all repeats, ``accuracy_per_repeat`` holds each split's mean. ``folds`` is lowered to the smallest
     class count and ``k`` to the smallest training-fold size; with fewer than 2 samples in some class no
     accuracy is computed (``accuracy_mean`` None, ``reason`` says why).
+
+    ``groups`` (N,) (e.g. the case of each sample), when given with at least 2 distinct values:
+    ``StratifiedGroupKFold`` instead, no group in both the fitted and the scored part of a fold, with
+    ``folds`` lowered to the number of groups (``grouped`` True in the result).
     """
     features, labels = _check(features, labels)
     if int(repeats) < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}.")
-    smallest = int(np.unique(labels, return_counts=True)[1].min())
-    used_folds = min(int(folds), smallest)
-    if used_folds < 2:
-        return {"accuracy_mean": None, "accuracy_std": None, "k": int(k), "folds": used_folds, "metric": metric,
-                "repeats": int(repeats), "reason": f"a class has {smallest} sample(s): cross-validation needs at least 2 per class"}
+    if groups is not None:
+        groups = np.asarray(groups).reshape(-1)
+        if len(groups) != len(labels):
+            raise ValueError(f"groups must be (N,) like labels, got {groups.shape} for {len(labels)} samples.")
+        if len(np.unique(groups)) < 2:
+            groups = None
+    if groups is not None:
+        used_folds = min(int(folds), len(np.unique(groups)))
+        splitter = StratifiedGroupKFold
+    else:
+        smallest = int(np.unique(labels, return_counts=True)[1].min())
+        used_folds = min(int(folds), smallest)
+        splitter = StratifiedKFold
+        if used_folds < 2:
+            return {"accuracy_mean": None, "accuracy_std": None, "k": int(k), "folds": used_folds, "metric": metric,
+                    "repeats": int(repeats), "grouped": False,
+                    "reason": f"a class has {smallest} sample(s): cross-validation needs at least 2 per class"}
     used_k = max(1, min(int(k), len(labels) - int(np.ceil(len(labels) / used_folds))))
     classifier = KNeighborsClassifier(n_neighbors=used_k, weights="distance", metric=metric)
-    per_repeat = [cross_val_score(classifier, features, labels,
-                                  cv=StratifiedKFold(n_splits=used_folds, shuffle=True, random_state=seed + r))
+    per_repeat = [cross_val_score(classifier, features, labels, groups=groups,
+                                  cv=splitter(n_splits=used_folds, shuffle=True, random_state=seed + r))
                   for r in range(int(repeats))]
     scores = np.concatenate(per_repeat)
     return {"accuracy_mean": float(scores.mean()), "accuracy_std": float(scores.std()), "k": used_k,
-            "folds": used_folds, "metric": metric, "repeats": int(repeats),
+            "folds": used_folds, "metric": metric, "repeats": int(repeats), "grouped": groups is not None,
             "accuracy_per_repeat": [float(s.mean()) for s in per_repeat]}
 
 

@@ -32,6 +32,7 @@ from dagman_components.analysis.probe import (
     evaluate_encoder,
     prepare_probe_data,
     probe_baselines,
+    reference_scores,
 )
 from dagman_components.options import as_bool
 
@@ -50,7 +51,8 @@ _METRICS: tuple[tuple[str, str, str], ...] = (
 def plot_probe_curve(curve: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Draw ``probe_curve.json``'s content: one panel per metric vs iteration, reference lines across.
 
-    The random-init mean is a dotted line with a +- std band, the intensity baseline a dashed line.
+    The random-init mean is a dotted line with a +- std band, the intensity baseline a dashed line, the
+    organ kNN's tile-identity floor (:py:func:`~dagman_components.analysis.probe.tile_identity_knn`) dash-dotted.
     Metrics without any value (organ kNN without organ data) get no panel.
     """
     from matplotlib.figure import Figure  # no pyplot: headless and no global state
@@ -74,6 +76,9 @@ def plot_probe_curve(curve: Mapping[str, Any], path: str | os.PathLike) -> Path:
         intensity = references.get("intensity", {}).get(key)
         if intensity is not None:
             ax.axhline(intensity, color="tab:orange", linestyle="--", label="intensity statistics")
+        tile_identity = references.get("tile_identity", {}).get(key)
+        if tile_identity is not None:
+            ax.axhline(tile_identity, color="tab:red", linestyle="-.", label="tile identity (no image)")
         ax.set_xlabel("iteration")
         ax.set_title(label, fontsize=9)
         ax.grid(alpha=0.3)
@@ -212,21 +217,14 @@ class ProbeHandler:
         self.encoder_kwargs = dict(kwargs)
         baselines = probe_baselines(self.data, kwargs, self.n_random_seeds, self.feature, self.batch_size,
                                     self._device(encoder), **self.probe_options)
-        random_init = {k: v for k, v in baselines["random_init"].items() if k != "per_seed"}
-        intensity = baselines["intensity"]
-        self.references = {
-            "random_init": random_init,
-            "intensity": {
-                "tumour_auc": intensity["tumour"]["auc"],
-                "tumour_ap": intensity["tumour"]["ap"],
-                "organ_knn": None if intensity["organ"] is None else intensity["organ"]["accuracy_mean"],
-            },
-        }
+        self.references = reference_scores(baselines)
+        random_init = self.references["random_init"]
         logger.info(
             "probe references: random init tumour AUC "
             f"{_fmt(random_init['tumour_auc_mean'])} +- {_fmt(random_init['tumour_auc_std'])}, organ kNN "
             f"{_fmt(random_init['organ_knn_mean'])}; intensity tumour AUC {_fmt(self.references['intensity']['tumour_auc'])}, "
-            f"organ kNN {_fmt(self.references['intensity']['organ_knn'])}"
+            f"organ kNN {_fmt(self.references['intensity']['organ_knn'])}; tile identity organ kNN "
+            f"{_fmt(self.references['tile_identity']['organ_knn'])}"
         )
         if self.resume and self.curve_path is not None and self.curve_path.is_file():
             self.points = list(json.loads(self.curve_path.read_text()).get("points", []))

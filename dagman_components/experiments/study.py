@@ -104,6 +104,7 @@ def evaluate_study(
         prepare_probe_data,
         preprocessing_from_config,
         probe_baselines,
+        reference_scores,
     )
 
     output = Path(output_dir)
@@ -132,20 +133,13 @@ def evaluate_study(
             )
             logger.info(f"{name} epoch {epoch}: {curve[-1]}")
         baselines = probe_baselines(data, resolved, n_random_seeds=n_random_seeds, feature=feature, device=device)
-        random_init = {k: v for k, v in baselines["random_init"].items() if k != "per_seed"}
-        intensity = baselines["intensity"]
         result["runs"][name] = {
             "dir": str(run["dir"]),
             "config_file": config_file,
             "preprocessing": preprocessing,
             "encoder": resolved,
             "curve": curve,
-            "random_init": random_init,
-            "intensity": {
-                "tumour_auc": intensity["tumour"]["auc"],
-                "tumour_ap": intensity["tumour"]["ap"],
-                "organ_knn": None if intensity["organ"] is None else intensity["organ"]["accuracy_mean"],
-            },
+            **reference_scores(baselines),
             "monitors": collapse_monitors(run["dir"], iterations_per_epoch),
         }
     (output / "study.json").write_text(json.dumps(result, indent=2, default=str))
@@ -154,7 +148,8 @@ def evaluate_study(
 
 
 def plot_learning_curves(result: Mapping[str, Any], path: str | Path, metrics: Sequence[str] = ("tumour_auc", "organ_knn")) -> Path:
-    """Probe metric vs iteration per run, with each run's random-init mean +- std band and the intensity line."""
+    """Probe metric vs iteration per run, with each run's random-init mean +- std band, the intensity line and the
+    organ kNN's tile-identity floor."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,6 +173,9 @@ def plot_learning_curves(result: Mapping[str, Any], path: str | Path, metrics: S
         first = next(iter(result["runs"].values()))
         if first["intensity"][metric] is not None:
             ax.axhline(first["intensity"][metric], color="k", ls="--", lw=1, label="intensity statistics")
+        tile_identity = first.get("tile_identity", {}).get(metric)
+        if tile_identity is not None:
+            ax.axhline(tile_identity, color="tab:red", ls="-.", lw=1, label="tile identity (no image)")
         ax.set_xlabel("iteration")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)

@@ -99,3 +99,23 @@ def test_analyze_clusters_writes_json_png_and_features(tmp_path):
     saved = np.load(tmp_path / "clustering_features.npz")
     assert saved["features"].shape == (30, 16) and saved["embedding"].shape == (30, 2)
     np.testing.assert_array_equal(saved["labels"], labels)
+
+
+def test_grouped_knn_cannot_use_a_group_fingerprint():
+    # 6 groups (e.g. CTs), 3 per label; a feature that is only the group's fingerprint: within-group neighbours
+    # give the label away (ungrouped folds), across groups it carries nothing (grouped folds)
+    groups = np.repeat(np.arange(6), 8)
+    labels = groups // 3
+    fingerprint = np.eye(6)[groups] + 1e-3 * np.random.default_rng(0).normal(size=(len(groups), 6))
+    ungrouped = knn_accuracy(fingerprint, labels, k=5, folds=4)
+    grouped = knn_accuracy(fingerprint, labels, k=5, folds=4, groups=groups)
+    assert ungrouped["accuracy_mean"] == pytest.approx(1.0) and ungrouped["grouped"] is False
+    assert grouped["grouped"] is True and grouped["folds"] == 4 and grouped["accuracy_mean"] < 0.7
+    # a feature that generalises across groups still scores with grouped folds
+    informative, blob_labels = blobs(per_class=24, classes=2)
+    assert np.array_equal(blob_labels, labels)
+    assert knn_accuracy(informative, labels, k=5, folds=4, groups=groups)["accuracy_mean"] == pytest.approx(1.0)
+    # one group: nothing to group by, the stratified split
+    assert knn_accuracy(fingerprint, labels, k=5, folds=3, groups=np.zeros(len(labels)))["grouped"] is False
+    with pytest.raises(ValueError, match="groups"):
+        knn_accuracy(fingerprint, labels, groups=groups[:-1])

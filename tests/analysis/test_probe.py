@@ -29,6 +29,7 @@ from dagman_components.analysis.probe import (
     preprocessing_from_config,
     probe_baselines,
     run_probe,
+    tile_identity_knn,
 )
 from dagman_components.networks import SASwinEncoder, encoder_args_with_defaults, save_encoder
 
@@ -61,7 +62,7 @@ def write_case(root, name, tumour_start, rng, tumour_size=(32, 32, 16), shape=SH
     _save(mask, root / "sts" / name / "CT_mask.nii.gz", np.uint8)
 
 
-def write_organs(root, rng):
+def write_organs(root, rng, name="example"):
     """Slabs of organs 1, 2 and 5 (16 blocks each) and organ 7 on 2 blocks only (fewer than min_blocks 5)."""
     ids = np.zeros(SHAPE, dtype=np.uint8)
     hu = -50.0 + 10.0 * rng.standard_normal(SHAPE)
@@ -69,8 +70,8 @@ def write_organs(root, rng):
         ids[slab * 16 : (slab + 1) * 16] = organ
         hu[slab * 16 : (slab + 1) * 16] = value + 10.0 * rng.standard_normal((16, 64, 64))
     ids[48:64, 0:32, 0:16] = 7
-    _save(hu, root / "organs" / "example_ct.nii.gz")
-    _save(ids, root / "organs" / "example_seg.nii.gz", np.uint8)
+    _save(hu, root / "organs" / f"{name}_ct.nii.gz")
+    _save(ids, root / "organs" / f"{name}_seg.nii.gz", np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -207,6 +208,28 @@ def test_intensity_probe_separates_and_shuffled_labels_do_not(probe_data):
     assert linear_probe(tumour.intensity, shuffled, tumour.groups)["auc"] < 0.8
 
 
+def test_organ_knn_reads_against_tile_identity_and_groups_by_ct(probe_data, tmp_path):
+    # one organ CT: its 48 blocks lie in one 64^3 tile, so the tile says nothing about the organ
+    organ = probe_data.organ
+    assert len(np.unique(organ.block_tile)) == 1
+    single = tile_identity_knn(organ, repeats=2)
+    assert single["grouped"] is False and single["accuracy_mean"] < 0.6
+    assert probe_baselines(probe_data, TINY, n_random_seeds=0)["tile_identity"]["organ"]["accuracy_mean"] == single["accuracy_mean"]
+    # two organ CTs: the folds hold out whole CTs; the intensity statistics carry over, the tile does not
+    root = tmp_path / "two"
+    rng = np.random.default_rng(1)
+    write_case(root, "STS_001", TUMOUR_STARTS[0], rng)
+    write_case(root, "STS_002", TUMOUR_STARTS[1], rng)
+    write_organs(root, rng, "first")
+    write_organs(root, rng, "second")
+    two = prepare_probe_data(root, organ_label_offset=None)
+    assert len(two.organ.cases) == 2 and two.organ.class_counts() == {"spleen": 32, "kidney_right": 32, "liver": 32}
+    baselines = probe_baselines(two, TINY, n_random_seeds=0)
+    intensity, tile = baselines["intensity"]["organ"], baselines["tile_identity"]["organ"]
+    assert intensity["grouped"] is True and intensity["folds"] == 2 and intensity["accuracy_mean"] > 0.95
+    assert tile["grouped"] is True and tile["accuracy_mean"] < 0.6
+
+
 def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, capsys):
     out = tmp_path / "out"
     fire.Fire(main, command=["--encoder_path", str(tiny_model), "--data_dir", str(data_root), "--output_dir", str(out),
@@ -229,6 +252,8 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
     assert result["data"]["organ"]["blocks"] == {"spleen": 16, "kidney_right": 16, "liver": 16}
     assert result["random_init"]["seeds"] == [0] and len(result["random_init"]["per_seed"]) == 1
     assert result["intensity"]["tumour"]["auc"] > 0.99
+    assert "tile identity (no image)" in printed and result["tile_identity"]["organ"]["grouped"] is False
+    assert result["settings"]["knn"]["cv"].startswith("StratifiedKFold over the blocks of one CT")
     # the default feature is multiscale (DEFAULT_PROBE_FEATURE): 31 F values per block
     assert result["encoder"]["organ"]["k"] == 5 and result["settings"]["feature"] == "multiscale"
     assert tumour["num_features"] == 31 * 12
@@ -358,6 +383,7 @@ def test_handler_writes_the_curve_and_logs(probe_data, tmp_path, caplog):
     assert [p["iteration"] for p in curve["points"]] == [4, 6]
     assert curve["references"]["random_init"]["seeds"] == [0]
     assert curve["references"]["intensity"]["tumour_auc"] > 0.99
+    assert 0.0 <= curve["references"]["tile_identity"]["organ_knn"] <= 1.0
     assert curve["encoder_kwargs"]["depths"] == [1, 1, 1, 1]  # read back from the encoder at attach time
     assert (tmp_path / "curve" / "probe_curve.png").stat().st_size > 0
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

@@ -28,8 +28,9 @@ logger = logging.getLogger(__name__)
 
 
 def format_probe_table(result: Mapping[str, Any]) -> str:
-    """The short table of :py:func:`run_probe`'s result: rows encoder / random init / intensity."""
+    """The short table of :py:func:`run_probe`'s result: rows encoder / random init / intensity / tile identity."""
     enc, rnd, inten = result["encoder"], result["random_init"], result["intensity"]
+    tile = (result.get("tile_identity") or {}).get("organ")
     organ = lambda r: None if r is None else r["accuracy_mean"]  # noqa: E731
     rows = [
         ("encoder", _fmt(enc["tumour"]["auc"]), _fmt(enc["tumour"]["ap"]), _fmt(organ(enc["organ"]))),
@@ -39,6 +40,8 @@ def format_probe_table(result: Mapping[str, Any]) -> str:
         ("intensity (4 statistics)", _fmt(inten["tumour"]["auc"]), _fmt(inten["tumour"]["ap"]),
          _fmt(organ(inten["organ"]))),
     ]
+    if tile is not None:
+        rows.append(("tile identity (no image)", "-", "-", _fmt(organ(tile))))
     blocks = result["data"]["tumour"]["blocks"]
     organ_data = result["data"]["organ"]
     header = (f"probe '{result['settings']['feature']}' features: {blocks.get('tumour', 0)} tumour / "
@@ -144,7 +147,9 @@ def run_probe(
                                "max_iter": int(max_iter), "cv": "StratifiedGroupKFold by case", "n_folds": int(n_folds),
                                "seed": int(seed), "cv_repeats": int(cv_repeats)},
                      "knn": {"k": int(knn_k), "metric": "euclidean on standardised features", "weights": "distance",
-                             "cv": "StratifiedKFold (blocks of one CT: optimistic)", "cv_repeats": int(cv_repeats)}},
+                             "cv": ("StratifiedGroupKFold by CT" if scores["organ"] is not None and scores["organ"].get("grouped")
+                                    else "StratifiedKFold over the blocks of one CT (read against tile_identity)"),
+                             "cv_repeats": int(cv_repeats)}},
         "wall_time_s": round(time.perf_counter() - start, 2),
         "files": files,
     }

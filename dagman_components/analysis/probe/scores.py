@@ -22,7 +22,7 @@ from dagman_components.analysis.probe.blocks import _DATA_CACHE, INTENSITY_STATI
 from dagman_components.analysis.probe.encoders import resolve_encoder_kwargs
 from dagman_components.networks.sa_swin import SASwinEncoder
 
-__all__ = ["clear_probe_cache", "block_features", "grouped_folds", "linear_probe", "organ_knn", "evaluate_encoder", "probe_baselines", "PROBE_FEATURES", "DEFAULT_PROBE_FEATURE"]
+__all__ = ["clear_probe_cache", "block_features", "grouped_folds", "linear_probe", "organ_knn", "tile_identity_knn", "evaluate_encoder", "probe_baselines", "reference_scores", "PROBE_FEATURES", "DEFAULT_PROBE_FEATURE"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,16 +210,39 @@ def linear_probe(
 
 
 def organ_knn(
-    features: np.ndarray, labels: np.ndarray, k: int = 5, folds: int = 5, seed: int = 0, repeats: int = 1
+    features: np.ndarray,
+    labels: np.ndarray,
+    k: int = 5,
+    folds: int = 5,
+    seed: int = 0,
+    repeats: int = 1,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """kNN organ accuracy on standardised (M, C) ``features``: :py:func:`~dagman_components.analysis.clustering.knn_accuracy`.
 
-    Euclidean, distance-weighted, stratified ``folds`` (5), ``repeats`` splits (1). Neighbouring blocks
-    of one organ are correlated and the folds are not grouped, so the absolute accuracy is optimistic;
-    compare rows. On the 61 blocks of ``organs/`` one split's accuracy moves by 0.015-0.04 with the split.
+    Euclidean, distance-weighted, ``folds`` (5), ``repeats`` splits (1). With ``groups`` (M,) (the CT of
+    each block) from at least 2 CTs the folds are grouped by CT (``grouped`` True); with one CT they are
+    stratified over its blocks, and the accuracy mostly measures which tile a block came from: compare
+    it with :py:func:`tile_identity_knn` (on the 61 blocks of ``organs/``, 0.80 from the tile alone,
+    docs/results/study.md, eleventh session). One split's accuracy there moves by 0.015-0.04.
     """
     return knn_accuracy(scale_features(np.asarray(features, dtype=np.float64), "standardize"), labels, k=k,
-                        folds=folds, seed=seed, repeats=repeats)
+                        folds=folds, seed=seed, repeats=repeats, groups=groups)
+
+
+def tile_identity_knn(blocks: ProbeBlocks, k: int = 5, folds: int = 5, seed: int = 0, repeats: int = 1) -> dict[str, Any]:
+    """The organ kNN of a feature that knows only which encoder tile a block lies in: the protocol's leakage floor.
+
+    Each block's feature is the one-hot (T,) of its tile (:py:attr:`ProbeBlocks.block_tile`): blocks of one
+    tile are at distance 0, all others at sqrt(2). Same kNN, folds and grouping as :py:func:`organ_knn`
+    (``groups``: the blocks' CTs), without standardising. With the folds of one CT's blocks, every
+    encoder's neighbours share its tile context (the stride-32 map covers 2^3 tokens of a 64^3 tile), so
+    an encoder's organ kNN is read against this row as well as against random init: it carries no image
+    information at all. Across CTs (grouped folds) it falls to the majority-class level.
+    """
+    tiles = np.asarray(blocks.block_tile).reshape(-1)
+    one_hot = np.eye(int(tiles.max()) + 1 if len(tiles) else 1)[tiles]
+    return knn_accuracy(one_hot, blocks.labels, k=k, folds=folds, seed=seed, repeats=repeats, groups=blocks.groups)
 
 
 def _scores(
@@ -238,7 +261,7 @@ def _scores(
     result["organ"] = None
     if data.organ is not None:
         result["organ"] = organ_knn(features_of(data.organ), data.organ.labels, k=knn_k, folds=n_folds, seed=seed,
-                                    repeats=cv_repeats)
+                                    repeats=cv_repeats, groups=data.organ.groups)
     return result
 
 
@@ -303,18 +326,19 @@ def probe_baselines(
     cv_repeats: int = 5,
     use_cache: bool = True,
 ) -> dict[str, Any]:
-    """The reference rows on the same blocks: random-init encoders and the intensity statistics (cached).
+    """The reference rows on the same blocks: random-init encoders, the intensity statistics and tile identity (cached).
 
     Random init: for seed s in ``range(n_random_seeds)`` (3; 0 gives no random-init row, its values
     None), ``torch.manual_seed(s)`` then ``SASwinEncoder(**encoder_kwargs)``, the arguments taken
     over :py:data:`DEFAULT_ENCODER_KWARGS` (train.yaml's); the caller's RNG state is restored.
     Intensity: the four statistics of :py:data:`INTENSITY_STATISTICS` per block through the same
-    probe / kNN. Results are cached per data, architecture and options (``use_cache``).
+    probe / kNN. Tile identity: the organ kNN of :py:func:`tile_identity_knn` (None without organ data).
+    Results are cached per data, architecture and options (``use_cache``).
 
     Returns:
         ``{"random_init": {"seeds", "tumour_auc_mean", "tumour_auc_std", "tumour_ap_mean",
         "tumour_ap_std", "organ_knn_mean", "organ_knn_std", "per_seed": [{"seed", "tumour", "organ"}]},
-        "intensity": {"tumour", "organ"}}``.
+        "intensity": {"tumour", "organ"}, "tile_identity": {"organ"}}``.
     """
     kwargs = resolve_encoder_kwargs(encoder_kwargs, None)
     key = (data.key, json.dumps(kwargs, sort_keys=True, default=str), int(n_random_seeds), feature, int(n_folds),
@@ -334,9 +358,27 @@ def probe_baselines(
         random_init[f"{name}_mean"], random_init[f"{name}_std"] = _mean_std([get(r) for r in per_seed])
     random_init["per_seed"] = per_seed
     intensity = _scores(lambda b: b.intensity, data, **options)
-    result = {"random_init": random_init, "intensity": {"statistics": list(INTENSITY_STATISTICS), **intensity}}
+    tile_identity = None if data.organ is None else tile_identity_knn(data.organ, knn_k, n_folds, seed, cv_repeats)
+    result = {"random_init": random_init, "intensity": {"statistics": list(INTENSITY_STATISTICS), **intensity},
+              "tile_identity": {"organ": tile_identity}}
     if use_cache:
         _BASELINE_CACHE[key] = result
     return result
 
 
+
+
+def reference_scores(baselines: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference lines of a learning curve from :py:func:`probe_baselines`'s result.
+
+    Returns ``{"random_init": its summary without "per_seed", "intensity": {"tumour_auc", "tumour_ap",
+    "organ_knn"}, "tile_identity": {"organ_knn"}}`` (None where there is no organ data).
+    """
+    organ = lambda r: None if r is None else r["accuracy_mean"]  # noqa: E731
+    intensity = baselines["intensity"]
+    return {
+        "random_init": {k: v for k, v in baselines["random_init"].items() if k != "per_seed"},
+        "intensity": {"tumour_auc": intensity["tumour"]["auc"], "tumour_ap": intensity["tumour"]["ap"],
+                      "organ_knn": organ(intensity["organ"])},
+        "tile_identity": {"organ_knn": organ(baselines.get("tile_identity", {}).get("organ"))},
+    }
