@@ -52,7 +52,8 @@ def plot_probe_curve(curve: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Draw ``probe_curve.json``'s content: one panel per metric vs iteration, reference lines across.
 
     The random-init mean is a dotted line with a +- std band, the intensity baseline a dashed line, the
-    organ kNN's tile-identity floor (:py:func:`~dagman_components.analysis.probe.tile_identity_knn`) dash-dotted.
+    intensity + place-in-crop row a green dashed line and the grid tiling's tile-position row dash-dotted (tumour
+    panels), the organ kNN's tile-identity floor (:py:func:`~dagman_components.analysis.probe.tile_identity_knn`) dash-dotted.
     Metrics without any value (organ kNN without organ data) get no panel.
     """
     from matplotlib.figure import Figure  # no pyplot: headless and no global state
@@ -76,6 +77,12 @@ def plot_probe_curve(curve: Mapping[str, Any], path: str | os.PathLike) -> Path:
         intensity = references.get("intensity", {}).get(key)
         if intensity is not None:
             ax.axhline(intensity, color="tab:orange", linestyle="--", label="intensity statistics")
+        location = references.get("location", {}).get(key)
+        if location is not None:
+            ax.axhline(location, color="tab:green", linestyle="--", label="intensity + place in crop")
+        position = references.get("tile_position", {}).get(key)
+        if position is not None:
+            ax.axhline(position, color="tab:purple", linestyle="-.", label="position in tile (no image)")
         tile_identity = references.get("tile_identity", {}).get(key)
         if tile_identity is not None:
             ax.axhline(tile_identity, color="tab:red", linestyle="-.", label="tile identity (no image)")
@@ -124,7 +131,7 @@ class ProbeHandler:
         resume: keep the points of an existing ``probe_curve.json`` (False: start a new curve).
         batch_size: tiles per forward (4).
         prepare_options: more :py:func:`~dagman_components.analysis.probe.prepare_probe_data` arguments
-            (``max_cases``, ``tumour_sources``, ``spacing``, ``hu_range``, ``tile_size``, ``organs``, ...).
+            (``max_cases``, ``tumour_sources``, ``spacing``, ``hu_range``, ``tile_size``, ``tiling``, ``organs``, ...).
         probe_options: more scoring arguments (``n_folds``, ``C``, ``max_iter``, ``knn_k``, ``seed``,
             ``cv_repeats``: splits averaged, 5).
     """
@@ -223,7 +230,8 @@ class ProbeHandler:
             "probe references: random init tumour AUC "
             f"{_fmt(random_init['tumour_auc_mean'])} +- {_fmt(random_init['tumour_auc_std'])}, organ kNN "
             f"{_fmt(random_init['organ_knn_mean'])}; intensity tumour AUC {_fmt(self.references['intensity']['tumour_auc'])}, "
-            f"organ kNN {_fmt(self.references['intensity']['organ_knn'])}; tile identity organ kNN "
+            f"organ kNN {_fmt(self.references['intensity']['organ_knn'])}; intensity + place in crop tumour AUC "
+            f"{_fmt(self.references['location']['tumour_auc'])}; tile identity organ kNN "
             f"{_fmt(self.references['tile_identity']['organ_knn'])}"
         )
         if self.resume and self.curve_path is not None and self.curve_path.is_file():

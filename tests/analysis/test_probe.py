@@ -1,5 +1,6 @@
 """Frozen-feature probe (tumour linear probe, organ kNN) and its Ignite handler, on tiny synthetic NIfTI data."""
 
+import dataclasses
 import json
 import logging
 import re
@@ -16,6 +17,10 @@ from ignite.engine import Engine
 from dagman_components.analysis import ProbeHandler
 from dagman_components.analysis.probe import (
     DEFAULT_ENCODER_KWARGS,
+    INTENSITY_STATISTICS,
+    LOCATION_FEATURES,
+    PER_BLOCK_POSITION,
+    block_features,
     build_encoder,
     encoder_kwargs_from_config,
     encoder_kwargs_from_encoder,
@@ -28,9 +33,12 @@ from dagman_components.analysis.probe import (
     prepare_probe_data,
     preprocessing_from_config,
     probe_baselines,
+    reference_scores,
     run_probe,
     tile_identity_knn,
+    tile_position_probe,
 )
+from dagman_components.analysis.probe.blocks import block_location
 from dagman_components.networks import SASwinEncoder, encoder_args_with_defaults, save_encoder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,7 +94,8 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def probe_data(data_root):
-    return prepare_probe_data(data_root)
+    # the grid tiling reads each synthetic case as one tile (the per-block tiling reads 48-60 tiles a case)
+    return prepare_probe_data(data_root, tiling="grid")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +158,61 @@ def test_prepared_blocks_match_the_synthetic_layout(data_root, probe_data):
     assert organ.class_names == {1: "spleen", 2: "kidney_right", 5: "liver"}  # organ 7 has 2 blocks only
     assert organ.class_counts() == {"spleen": 16, "kidney_right": 16, "liver": 16}
     # cached: a second call returns the same prepared object
-    assert prepare_probe_data(data_root) is probe_data
+    assert prepare_probe_data(data_root, tiling="grid") is probe_data
+
+
+def test_per_block_tiles_hold_every_block_at_one_position(data_root, probe_data, tiny_model):
+    grid = probe_data.tumour
+    per_block = prepare_probe_data(data_root, tiling="per_block").tumour
+    # the same blocks, labels, cases, intensities and places in the crop; one tile per block
+    for name in ("labels", "groups", "intensity", "location"):
+        assert np.array_equal(getattr(per_block, name), getattr(grid, name)), name
+    assert per_block.num_tiles == per_block.num_blocks == 240 and grid.num_tiles == NUM_CASES
+    assert per_block.summary()["tiling"] == "per_block" and per_block.summary()["num_tiles"] == 240
+    position = PER_BLOCK_POSITION * 16
+    assert set(per_block.block_token.tolist()) == {(PER_BLOCK_POSITION * 4 + PER_BLOCK_POSITION) * 4 + PER_BLOCK_POSITION}
+    assert len(set(grid.block_token.tolist())) > 1
+    tiles = torch.cat(list(per_block.tile_batches(7, "cpu")))
+    assert tuple(tiles.shape) == (240, 1, 64, 64, 64)
+    per = 4
+    for i in (0, 57, 239):  # the block's voxels sit at the fixed position of its own tile, the grid tile's elsewhere
+        token = int(grid.block_token[i])
+        local = (token // per**2, token // per % per, token % per)
+        in_grid = grid.tiles[grid.block_tile[i], 0][tuple(slice(c * 16, c * 16 + 16) for c in local)]
+        assert torch.equal(tiles[i, 0, position : position + 16, position : position + 16, position : position + 16], in_grid)
+    # a block at the volume's start has zero padding before it in its tile
+    first = int(np.nonzero((per_block.tile_origin[:, 1:] == 0).all(1))[0][0])
+    assert float(tiles[first, 0, :position].abs().max()) == 0.0
+    # its feature is the encoder's at that token of its own tile
+    encoder, _ = build_encoder(tiny_model, TINY)
+    encoder.eval()
+    features = block_features(encoder, per_block, "tokens")
+    with torch.no_grad():
+        direct = encoder(tiles[57:58], stop_after_sa=True).tokens[0, int(per_block.block_token[57])]
+    assert torch.allclose(torch.as_tensor(features[57]), direct, atol=1e-6)
+    with pytest.raises(ValueError, match="tiling must be one of"):
+        prepare_probe_data(data_root, tiling="sliding")
+
+
+def test_location_features_and_the_tile_position_row(probe_data):
+    tumour = probe_data.tumour
+    # the synthetic body ends at z = 52, so the crop is 64 x 64 x 54 (2 voxels of margin) padded to 64
+    assert np.allclose(block_location([[0, 0, 0]], (64, 64, 54), 16)[0, :3], [0.375, 0.375, 0.5 - 8 / 54])
+    assert np.allclose(block_location([[1, 2, 1]], (64, 64, 54), 16)[0, 3], np.sqrt(0.125**2 + 0.125**2 + (0.5 - 24 / 54) ** 2))
+    assert tumour.location.shape == (tumour.num_blocks, len(LOCATION_FEATURES))
+    # a feature that knows only a block's token in its tile: here every tumour block is put at token 0
+    labels = tumour.labels
+    token = np.where(labels == 1, 0, 1 + np.arange(len(labels)) % 63)
+    placed = dataclasses.replace(tumour, block_token=token)
+    assert tile_position_probe(placed)["auc"] > 0.99
+    assert tile_position_probe(dataclasses.replace(tumour, tiling="per_block")) is None
+    baselines = probe_baselines(probe_data, TINY, n_random_seeds=0)
+    assert baselines["location"]["features"] == list(INTENSITY_STATISTICS + LOCATION_FEATURES)
+    assert baselines["location"]["tumour"]["num_features"] == 8
+    assert baselines["tile_position"]["tumour"]["num_features"] == 64
+    references = reference_scores(baselines)
+    assert references["location"]["tumour_auc"] == baselines["location"]["tumour"]["auc"]
+    assert references["tile_position"]["tumour_ap"] == baselines["tile_position"]["tumour"]["ap"]
 
 
 def test_grouped_folds_never_split_a_case():
@@ -222,7 +285,7 @@ def test_organ_knn_reads_against_tile_identity_and_groups_by_ct(probe_data, tmp_
     write_case(root, "STS_002", TUMOUR_STARTS[1], rng)
     write_organs(root, rng, "first")
     write_organs(root, rng, "second")
-    two = prepare_probe_data(root, organ_label_offset=None)
+    two = prepare_probe_data(root, organ_label_offset=None, tiling="grid")
     assert len(two.organ.cases) == 2 and two.organ.class_counts() == {"spleen": 32, "kidney_right": 32, "liver": 32}
     baselines = probe_baselines(two, TINY, n_random_seeds=0)
     intensity, tile = baselines["intensity"]["organ"], baselines["tile_identity"]["organ"]
@@ -252,7 +315,11 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
     assert result["data"]["organ"]["blocks"] == {"spleen": 16, "kidney_right": 16, "liver": 16}
     assert result["random_init"]["seeds"] == [0] and len(result["random_init"]["per_seed"]) == 1
     assert result["intensity"]["tumour"]["auc"] > 0.99
-    assert "tile identity (no image)" in printed and result["tile_identity"]["organ"]["grouped"] is False
+    # the default tiling is per block: no tile-position or tile-identity row, the intensity + place-in-crop row
+    assert result["settings"]["tiling"] == "per_block" and result["data"]["tumour"]["num_tiles"] == 240
+    assert "per_block tiling" in printed and "position in tile" not in printed and "tile identity" not in printed
+    assert result["tile_identity"]["organ"] is None
+    assert "intensity + place in crop (no encoder)" in printed and result["tile_position"]["tumour"] is None
     assert result["settings"]["knn"]["cv"].startswith("StratifiedKFold over the blocks of one CT")
     # the default feature is multiscale (DEFAULT_PROBE_FEATURE): 31 F values per block
     assert result["encoder"]["organ"]["k"] == 5 and result["settings"]["feature"] == "multiscale"
@@ -384,6 +451,8 @@ def test_handler_writes_the_curve_and_logs(probe_data, tmp_path, caplog):
     assert curve["references"]["random_init"]["seeds"] == [0]
     assert curve["references"]["intensity"]["tumour_auc"] > 0.99
     assert 0.0 <= curve["references"]["tile_identity"]["organ_knn"] <= 1.0
+    assert 0.0 <= curve["references"]["location"]["tumour_auc"] <= 1.0  # the grid tiling: a tile-position line too
+    assert 0.0 <= curve["references"]["tile_position"]["tumour_auc"] <= 1.0
     assert curve["encoder_kwargs"]["depths"] == [1, 1, 1, 1]  # read back from the encoder at attach time
     assert (tmp_path / "curve" / "probe_curve.png").stat().st_size > 0
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))

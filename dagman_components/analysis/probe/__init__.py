@@ -12,7 +12,13 @@ nearest), the image is windowed ``hu_range`` (-1000..1000 HU) -> [0, 1]; then, l
 :py:func:`~dagman_components.data.ct_preprocessing`, cropped to the body's bounding box (HU >
 ``body_hu`` plus 2 voxels) and zero-padded at the far end of each axis to a multiple of
 ``tile_size`` (64^3, the pretraining crop). The encoder sees one ``tile_size`` tile at a time
-(eval mode, no gradients), only the tiles that hold a labelled block.
+(eval mode, no gradients). ``tiling`` (:py:data:`TILINGS`) says which tiles **[choice]**: ``"per_block"``
+(:py:data:`DEFAULT_TILING`), one tile per labelled block with the block at the same position
+(:py:data:`PER_BLOCK_POSITION`, zero padding past the volume), or ``"grid"``, the padded volume cut on a
+fixed grid and each tile that holds a labelled block read once (17 times less encoder work on ``sts/``).
+With ``"grid"`` a block's position in its tile is a feature every encoder carries, and on tumour-centred
+crops it predicts tumour blocks (the ``tile_position`` row); with it the study's pretrained encoders
+beat their random init, with ``"per_block"`` they do not (docs/results/study.md, twelfth session).
 
 Tumour cases: ``sts/<case>/CT_image.nii.gz`` + ``CT_mask.nii.gz`` by default; ``chest/<name>_ct.nii.gz`` +
 ``<name>_lesion.nii.gz`` on request (``tumour_sources``), although neither real chest lesion fills
@@ -46,11 +52,15 @@ Scores:
 - organ kNN: distance-weighted ``k`` (5) nearest neighbours, Euclidean on standardised features,
   ``folds`` (5)-fold accuracy (:py:func:`~dagman_components.analysis.clustering.knn_accuracy`), folds
   grouped by CT when the organ blocks come from 2 or more CTs. With one CT (``organs/example_ct``) the
-  folds are stratified over its blocks: neighbouring blocks of one organ share a tile and its context,
+  folds are stratified over its blocks: with ``"grid"`` tiles neighbouring blocks of one organ share a tile and its context,
   and the accuracy mostly measures that. The ``tile_identity`` reference row (:py:func:`tile_identity_knn`,
-  a one-hot of the block's tile, no image information) is that floor: 0.80 on ``organs/``, above the
+  a one-hot of the block's tile, no image information; grid tiling only) is that floor: 0.80 on ``organs/``, above the
   intensity statistics (0.74) and within 0.05 of every encoder, random or pretrained (docs/results/study.md,
   eleventh session).
+- the ``location`` reference row: the tumour probe of the four intensity statistics and the block's place
+  in its cropped case (:py:data:`LOCATION_FEATURES`), no encoder at all. The ``sts/`` crops are centred on
+  their tumours, so the place alone gives AUC 0.87 and with the intensities 0.93, as much as a random-init
+  encoder: read an encoder's tumour AUC against this row, not only against intensity.
 - both are cross-validated ``cv_repeats`` (5) times with fold seeds ``seed``, ``seed + 1``, ... and
   averaged **[choice]**: on the real data one split's tumour AUC moves by up to 0.01 and the 61-block
   organ kNN by up to 0.04 with the split, as much as the random-init seeds differ
@@ -67,8 +77,12 @@ Command line: ``python -m dagman_components.analysis.probe --encoder_path model.
 
 from dagman_components.analysis.probe.blocks import (
     DEFAULT_PREPROCESSING,
+    DEFAULT_TILING,
     INTENSITY_STATISTICS,
+    LOCATION_FEATURES,
     ORGAN_SOURCE,
+    PER_BLOCK_POSITION,
+    TILINGS,
     TUMOUR_SOURCES,
     ProbeBlocks,
     ProbeData,
@@ -102,6 +116,7 @@ from dagman_components.analysis.probe.scores import (
     probe_baselines,
     reference_scores,
     tile_identity_knn,
+    tile_position_probe,
 )
 
 __all__ = [
@@ -110,6 +125,10 @@ __all__ = [
     "DEFAULT_ENCODER_KWARGS",
     "DEFAULT_PREPROCESSING",
     "INTENSITY_STATISTICS",
+    "LOCATION_FEATURES",
+    "TILINGS",
+    "DEFAULT_TILING",
+    "PER_BLOCK_POSITION",
     "ORGAN_SOURCE",
     "TUMOUR_SOURCES",
     "ProbeBlocks",
@@ -128,6 +147,7 @@ __all__ = [
     "linear_probe",
     "organ_knn",
     "tile_identity_knn",
+    "tile_position_probe",
     "evaluate_encoder",
     "probe_baselines",
     "reference_scores",

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from dagman_components.analysis.clustering import write_json
-from dagman_components.analysis.probe.blocks import DEFAULT_PREPROCESSING, prepare_probe_data
+from dagman_components.analysis.probe.blocks import DEFAULT_PREPROCESSING, DEFAULT_TILING, prepare_probe_data
 from dagman_components.analysis.probe.encoders import _encoder_parameter_names, build_encoder, preprocessing_from_config
 from dagman_components.analysis.probe.scores import (
     DEFAULT_PROBE_FEATURE,
@@ -28,9 +28,12 @@ logger = logging.getLogger(__name__)
 
 
 def format_probe_table(result: Mapping[str, Any]) -> str:
-    """The short table of :py:func:`run_probe`'s result: rows encoder / random init / intensity / tile identity."""
+    """The short table of :py:func:`run_probe`'s result: rows encoder / random init / intensity / location /
+    tile position / tile identity (the last three where they exist)."""
     enc, rnd, inten = result["encoder"], result["random_init"], result["intensity"]
     tile = (result.get("tile_identity") or {}).get("organ")
+    location = (result.get("location") or {}).get("tumour")
+    position = (result.get("tile_position") or {}).get("tumour")
     organ = lambda r: None if r is None else r["accuracy_mean"]  # noqa: E731
     rows = [
         ("encoder", _fmt(enc["tumour"]["auc"]), _fmt(enc["tumour"]["ap"]), _fmt(organ(enc["organ"]))),
@@ -40,11 +43,15 @@ def format_probe_table(result: Mapping[str, Any]) -> str:
         ("intensity (4 statistics)", _fmt(inten["tumour"]["auc"]), _fmt(inten["tumour"]["ap"]),
          _fmt(organ(inten["organ"]))),
     ]
+    if location is not None:
+        rows.append(("intensity + place in crop (no encoder)", _fmt(location["auc"]), _fmt(location["ap"]), "-"))
+    if position is not None:
+        rows.append(("position in tile (no image)", _fmt(position["auc"]), _fmt(position["ap"]), "-"))
     if tile is not None:
         rows.append(("tile identity (no image)", "-", "-", _fmt(organ(tile))))
     blocks = result["data"]["tumour"]["blocks"]
     organ_data = result["data"]["organ"]
-    header = (f"probe '{result['settings']['feature']}' features: {blocks.get('tumour', 0)} tumour / "
+    header = (f"probe '{result['settings']['feature']}' features, {result['settings'].get('tiling', 'grid')} tiling: {blocks.get('tumour', 0)} tumour / "
               f"{blocks.get('tissue', 0)} tissue blocks in {len(result['data']['tumour']['cases'])} cases "
               f"(AP chance {enc['tumour']['prevalence']:.3f}; mean of {enc['tumour'].get('repeats', 1)} CV splits); organ kNN: "
               + (f"{organ_data['num_blocks']} blocks of {len(organ_data['blocks'])} organs" if organ_data else
@@ -68,6 +75,7 @@ def run_probe(
     spacing: Sequence[float] | None = None,
     hu_range: Sequence[float] | None = None,
     tile_size: int = 64,
+    tiling: str = DEFAULT_TILING,
     body_hu: float = -500.0,
     tumour_fraction: float = 0.5,
     body_fraction: float = 0.5,
@@ -95,7 +103,7 @@ def run_probe(
             ``encoder_kwargs``), e.g. ``["bundles/pretrain/configs/train.yaml", "my.yaml"]``.
         output_dir: where ``probe.json`` goes ("probe").
         feature: one of :py:data:`PROBE_FEATURES` (:py:data:`DEFAULT_PROBE_FEATURE`, "multiscale").
-        tumour_sources, organs, max_cases, spacing, hu_range, tile_size, body_hu, tumour_fraction,
+        tumour_sources, organs, max_cases, spacing, hu_range, tile_size, tiling, body_hu, tumour_fraction,
             body_fraction, organ_fraction, min_blocks_per_organ, organ_label_offset: the data
             (:py:func:`prepare_probe_data`; its blocks are cached across calls). ``spacing`` and
             ``hu_range`` None: ``config_file``'s (:py:func:`preprocessing_from_config`), else 2 mm and
@@ -122,7 +130,7 @@ def run_probe(
     hu_range = hu_range if hu_range is not None else preprocessing["hu_range"]
     data = prepare_probe_data(
         data_dir, tumour_sources=tumour_sources, organs=organs, max_cases=max_cases, spacing=spacing,
-        hu_range=hu_range, tile_size=tile_size, block_size=encoder.token_stride, body_hu=body_hu,
+        hu_range=hu_range, tile_size=tile_size, tiling=tiling, block_size=encoder.token_stride, body_hu=body_hu,
         tumour_fraction=tumour_fraction, body_fraction=body_fraction, organ_fraction=organ_fraction,
         min_blocks_per_organ=min_blocks_per_organ, organ_label_offset=organ_label_offset,
     )
@@ -140,7 +148,7 @@ def run_probe(
         **baselines,
         "data": {"tumour": data.tumour.summary(), "organ": None if data.organ is None else data.organ.summary(),
                  "organ_reason": data.organ_reason, "data_dir": str(data_dir)},
-        "settings": {"feature": feature, "config_file": config_files, "device": str(device), "batch_size": int(batch_size), "n_random_seeds": int(n_random_seeds),
+        "settings": {"feature": feature, "tiling": tiling, "config_file": config_files, "device": str(device), "batch_size": int(batch_size), "n_random_seeds": int(n_random_seeds),
                      "tumour_sources": list(tumour_sources), "max_cases": max_cases,
                      "spacing": [float(v) for v in spacing], "hu_range": [float(v) for v in hu_range],
                      "probe": {"model": "StandardScaler + LogisticRegression(class_weight='balanced')", "C": float(C),
@@ -174,6 +182,7 @@ def main(
     spacing: Sequence[float] | None = None,
     hu_range: Sequence[float] | None = None,
     tile_size: int = 64,
+    tiling: str = DEFAULT_TILING,
     n_folds: int = 5,
     C: float = 0.1,
     knn_k: int = 5,
@@ -199,7 +208,7 @@ def main(
     result = run_probe(encoder_path, data_dir, encoder_kwargs=encoder_kwargs, config_file=config_file,
                        output_dir=output_dir, feature=feature, tumour_sources=tumour_sources, organs=organs,
                        max_cases=max_cases, spacing=spacing, hu_range=hu_range, tile_size=tile_size,
-                       n_folds=n_folds, C=C, knn_k=knn_k,
+                       tiling=tiling, n_folds=n_folds, C=C, knn_k=knn_k,
                        n_random_seeds=n_random_seeds, seed=seed, batch_size=batch_size, device=device,
                        cv_repeats=cv_repeats)
     print(format_probe_table(result))

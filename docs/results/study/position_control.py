@@ -6,7 +6,9 @@ STS crops are centred on their tumours, the position alone predicts tumour block
 gives the tumour probe AUC 0.757 (AP 0.333, chance 0.126), and with the four intensity statistics AUC 0.870
 (AP 0.648). This script re-runs the probe with every block at the same interior position, (1, 1, 1) of its own
 64^3 tile (the volume padded with zeros, the bottom of the window, as the probe pads): position then says nothing,
-and on the organ CT no two blocks share a tile either.
+and on the organ CT no two blocks share a tile either. It was written (and its numbers in study.md measured) with
+a drop-in for the probe's tiling; the probe now has that tiling itself (``tiling="per_block"``, the default), and
+this script uses it.
 
     python docs/results/study/position_control.py RUN/models/model_epoch0.pt RUN/models/model.pt ... \
         --data_dir ../shared/data/real --output position_control.json
@@ -19,28 +21,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-import dagman_components.analysis.probe.blocks as probe_blocks
 from dagman_components.analysis.probe import build_encoder, linear_probe, organ_knn, prepare_probe_data
 from dagman_components.analysis.probe.scores import block_features
-
-#: every block's position in its own tile, per axis (0..3 of the 4 blocks of a 64^3 tile)
-POSITION = 1
-
-
-def fixed_position_tiles(image: torch.Tensor, labels: torch.Tensor, tile_size: int, block_size: int):
-    """Drop-in for the probe's ``_tiles_and_blocks``: one tile per labelled block, the block at ``POSITION``."""
-    per = tile_size // block_size
-    index = torch.nonzero(labels >= 0)  # (M, 3), row-major: the same blocks in the same order as the grid tiling
-    low, high = POSITION * block_size, (per - 1 - POSITION) * block_size
-    padded = F.pad(image[None, None].float(), (low, high, low, high, low, high))[0, 0]
-    tiles = torch.stack([padded[tuple(slice(int(c) * block_size, int(c) * block_size + tile_size) for c in b)]
-                         for b in index])[:, None] if len(index) else torch.zeros(0, 1, tile_size, tile_size, tile_size)
-    token = (POSITION * per + POSITION) * per + POSITION
-    return (tiles.contiguous(), np.arange(len(index), dtype=np.int64), np.full(len(index), token, dtype=np.int64),
-            index)
 
 
 def scores(encoder, data, repeats: int) -> dict[str, float]:
@@ -58,7 +41,7 @@ def main() -> None:
     parser.add_argument("--cv_repeats", type=int, default=5)
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
-    grid = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range))
+    grid = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range), tiling="grid")
     tumour = grid.tumour
     position = np.eye((tumour.tile_size // tumour.block_size) ** 3)[tumour.block_token]
     baselines = {
@@ -69,9 +52,7 @@ def main() -> None:
     result = {"grid_tiling_baselines": {k: {"auc": round(v["auc"], 3), "ap": round(v["ap"], 3)} for k, v in baselines.items()},
               "encoders": {}}
     print(json.dumps(result["grid_tiling_baselines"]), flush=True)
-    probe_blocks._tiles_and_blocks = fixed_position_tiles
-    probe_blocks._DATA_CACHE.clear()
-    fixed = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range))
+    fixed = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range), tiling="per_block")
     if not (np.array_equal(fixed.tumour.labels, tumour.labels) and np.array_equal(fixed.tumour.groups, tumour.groups)
             and np.array_equal(fixed.organ.labels, grid.organ.labels)):
         raise RuntimeError("the fixed-position blocks are not the grid tiling's blocks")

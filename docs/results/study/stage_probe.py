@@ -41,11 +41,13 @@ def main() -> None:
     parser.add_argument("--data_dir", default="../shared/data/real")
     parser.add_argument("--hu_range", type=float, nargs=2, default=(-175.0, 250.0))
     parser.add_argument("--output", default=None, help="JSON file (merged into if it exists)")
+    parser.add_argument("--tiling", default="per_block", choices=["grid", "per_block"],
+                        help="the probe's tiling (sessions 4-11 measured with grid, the probe's default then)")
     parser.add_argument("--tokens", action="store_true", help="also score the probe's default feature, tokens")
     parser.add_argument("--cv_repeats", type=int, default=1,
                         help="cross-validation splits averaged (the probe's cv_repeats; 1 before the eighth session)")
     args = parser.parse_args()
-    data = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range))
+    data = prepare_probe_data(args.data_dir, hu_range=list(args.hu_range), tiling=args.tiling)
     result = json.loads(Path(args.output).read_text()) if args.output and Path(args.output).exists() else {}
     for path in args.encoders:
         encoder, _ = build_encoder(path)
