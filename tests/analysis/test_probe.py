@@ -319,6 +319,11 @@ def test_run_probe_and_cli_write_probe_json(data_root, tiny_model, tmp_path, cap
     assert result["settings"]["tiling"] == "per_block" and result["data"]["tumour"]["num_tiles"] == 240
     assert "per_block tiling" in printed and "position in tile" not in printed and "tile identity" not in printed
     assert result["tile_identity"]["organ"] is None
+    # what the encoder adds to the no-encoder row: its features next to the 4 intensity statistics and 4 place values
+    added = result["encoder"]["tumour_with_references"]
+    assert added["num_features"] == 31 * 12 + 8 and added["repeats"] == 5 and 0.0 <= added["auc"] <= 1.0
+    assert result["random_init"]["tumour_with_references_auc_mean"] == result["random_init"]["per_seed"][0]["tumour_with_references"]["auc"]
+    assert "encoder + intensity + place" in printed and "random init + intensity + place" in printed
     assert "intensity + place in crop (no encoder)" in printed and result["tile_position"]["tumour"] is None
     assert result["settings"]["knn"]["cv"].startswith("StratifiedKFold over the blocks of one CT")
     # the default feature is multiscale (DEFAULT_PROBE_FEATURE): 31 F values per block

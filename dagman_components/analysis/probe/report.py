@@ -45,6 +45,13 @@ def format_probe_table(result: Mapping[str, Any]) -> str:
     ]
     if location is not None:
         rows.append(("intensity + place in crop (no encoder)", _fmt(location["auc"]), _fmt(location["ap"]), "-"))
+    added = enc.get("tumour_with_references")
+    if added is not None:  # what the features add to that row
+        rows.append(("encoder + intensity + place", _fmt(added["auc"]), _fmt(added["ap"]), "-"))
+        if rnd.get("tumour_with_references_auc_mean") is not None:
+            rows.append(("random init + intensity + place", _fmt(rnd["tumour_with_references_auc_mean"],
+                                                                  rnd["tumour_with_references_auc_std"]),
+                         _fmt(rnd["tumour_with_references_ap_mean"], rnd["tumour_with_references_ap_std"]), "-"))
     if position is not None:
         rows.append(("position in tile (no image)", _fmt(position["auc"]), _fmt(position["ap"]), "-"))
     if tile is not None:

@@ -278,10 +278,17 @@ def _scores(
     knn_k: int,
     seed: int,
     cv_repeats: int = 1,
+    with_references: bool = False,
 ) -> dict[str, Any]:
     tumour = data.tumour
-    result: dict[str, Any] = {"tumour": linear_probe(features_of(tumour), tumour.labels, tumour.groups, n_folds, C,
+    features = features_of(tumour)
+    result: dict[str, Any] = {"tumour": linear_probe(features, tumour.labels, tumour.groups, n_folds, C,
                                                      max_iter, seed, tumour.cases, repeats=cv_repeats)}
+    if with_references:
+        # what the features add to what needs no encoder: the intensity statistics and the place in the crop
+        result["tumour_with_references"] = linear_probe(
+            np.hstack([features, tumour.intensity, tumour.location]), tumour.labels, tumour.groups, n_folds, C,
+            max_iter, seed, tumour.cases, repeats=cv_repeats)
     result["organ"] = None
     if data.organ is not None:
         result["organ"] = organ_knn(features_of(data.organ), data.organ.labels, k=knn_k, folds=n_folds, seed=seed,
@@ -306,13 +313,15 @@ def evaluate_encoder(
 
     Both are cross-validated ``cv_repeats`` times (5) with fold seeds ``seed``, ``seed + 1``, ... and
     averaged (:py:func:`linear_probe`, :py:func:`organ_knn`). The encoder is put in eval mode for the evaluation and returned to its previous mode. Returns
-    ``{"tumour": linear_probe result, "organ": knn result or None}``.
+    ``{"tumour": linear_probe result, "tumour_with_references": the same probe on the features next to the
+    intensity statistics and the place in the crop (what the encoder adds to the "location" reference row),
+    "organ": knn result or None}``.
     """
     was_training = encoder.training
     encoder.eval()
     try:
         return _scores(lambda b: block_features(encoder, b, feature, batch_size, device), data, n_folds, C,
-                       max_iter, knn_k, seed, cv_repeats)
+                       max_iter, knn_k, seed, cv_repeats, with_references=True)
     finally:
         encoder.train(was_training)
 
@@ -365,7 +374,8 @@ def probe_baselines(
 
     Returns:
         ``{"random_init": {"seeds", "tumour_auc_mean", "tumour_auc_std", "tumour_ap_mean",
-        "tumour_ap_std", "organ_knn_mean", "organ_knn_std", "per_seed": [{"seed", "tumour", "organ"}]},
+        "tumour_ap_std", "tumour_with_references_auc_mean", ..._std, "tumour_with_references_ap_mean", ..._std,
+        "organ_knn_mean", "organ_knn_std", "per_seed": [{"seed", "tumour", "organ"}]},
         "intensity": {"tumour", "organ"}, "location": {"features", "tumour"}, "tile_position": {"tumour"},
         "tile_identity": {"organ"}}``.
     """
@@ -383,6 +393,8 @@ def probe_baselines(
         logger.info(f"probe: random init seed {s}: {_summary_line(per_seed[-1])}")
     random_init: dict[str, Any] = {"seeds": list(range(int(n_random_seeds)))}
     for name, get in (("tumour_auc", lambda r: r["tumour"]["auc"]), ("tumour_ap", lambda r: r["tumour"]["ap"]),
+                      ("tumour_with_references_auc", lambda r: r["tumour_with_references"]["auc"]),
+                      ("tumour_with_references_ap", lambda r: r["tumour_with_references"]["ap"]),
                       ("organ_knn", lambda r: None if r["organ"] is None else r["organ"]["accuracy_mean"])):
         random_init[f"{name}_mean"], random_init[f"{name}_std"] = _mean_std([get(r) for r in per_seed])
     random_init["per_seed"] = per_seed
