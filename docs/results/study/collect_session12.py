@@ -3,7 +3,8 @@
 Reads, from the run folders of this machine: the 30-epoch objective screens' five-split probes
 (``probe_s11_*.json``, ``probe_koleo*.json``, written by ``stage_probe.py``), the collapse monitors of the SMIT
 seed 1 and 2 runs (``long_run.epoch_monitors``, every 5 epochs), the position control (``position_control.py``)
-and the added-value probe (``added_value.py``).
+the added-value probe (``added_value.py``), a per-block learning curve (``stage_probe.py --tiling per_block``)
+and the package probe's ``probe.json`` of one run.
 
     python docs/results/study/collect_session12.py --runs /work/runs --output docs/results/study/session12.json
 """
@@ -47,7 +48,21 @@ def main() -> None:
         "position_control": position,
         "added_value_per_block": {"settings": "per-block tiles; [AUC, AP]; 5 splits; location = LOCATION_FEATURES",
                                   "probes": added},
+        "per_block_curve_r5_indep_s2": {"settings": "stage_probe.py --tiling per_block --cv_repeats 5",
+                                        "probes": _multiscale(runs / "per_block_curve_r5.json")},
     }
+    cli = runs / "probe_cli_per_block_r4" / "probe.json"
+    if cli.exists():  # the package's probe, per-block tiles, on r4's model.pt: its table's numbers
+        probe = json.loads(cli.read_text())
+        result["probe_cli_r4_per_block"] = {
+            "command": "python -m dagman_components.analysis.probe --encoder_path RUN/models/model.pt --data_dir "
+                       "../shared/data/real --config_file \"['bundles/pretrain/configs/train.yaml',"
+                       "'bundles/pretrain/configs/study.yaml']\"",
+            "encoder": {k: probe["encoder"][k]["auc"] for k in ("tumour", "tumour_with_references") if k in probe["encoder"]},
+            "random_init": {k: v for k, v in probe["random_init"].items() if k != "per_seed"},
+            "location": probe.get("location", {}).get("tumour", {}).get("auc"),
+            "wall_time_s": probe["wall_time_s"],
+        }
     Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {args.output}")
 
