@@ -51,6 +51,15 @@ def main() -> None:
         "per_block_curve_r5_indep_s2": {"settings": "stage_probe.py --tiling per_block --cv_repeats 5",
                                         "probes": _multiscale(runs / "per_block_curve_r5.json")},
     }
+    # twelfth-session runs of seed 2 (init: r5_indep_s2's epoch 0): the encoder at the heads' lr, and AMIP alone
+    for name, flags in (("s12_lr1_s2", "--seed 2 --encoder_lr_scale 1.0"),
+                        ("s12_amip_s2", "--seed 2 --ampd_weight 0 --aitd_weight 0 --gitd_weight 0")):
+        probes = runs / f"added_value_{name.rsplit('_', 1)[0]}.json"
+        result.setdefault("seed2_variants", {})[name] = {
+            "flags": flags,
+            "monitors": epoch_monitors(runs / name / "console.log", 5),
+            "added_value_per_block": json.loads(probes.read_text()) if probes.exists() else {},
+        }
     cli = runs / "probe_cli_per_block_r4" / "probe.json"
     if cli.exists():  # the package's probe, per-block tiles, on r4's model.pt: its table's numbers
         probe = json.loads(cli.read_text())
