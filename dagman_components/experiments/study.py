@@ -86,6 +86,7 @@ def evaluate_study(
     n_random_seeds: int = 3,
     iterations_per_epoch: int = 6,
     device: str = "cpu",
+    tiling: str | None = None,
 ) -> dict[str, Any]:
     """Probe every snapshot of every run; ``runs``: name -> ``{"dir": run folder, "encoder": {encoder kwargs},
     "config_file": pretrain config(s)}``.
@@ -93,12 +94,14 @@ def evaluate_study(
     ``config_file`` (optional; e.g. ``["bundles/pretrain/configs/train.yaml", "bundles/pretrain/configs/study.yaml"]``)
     gives the run's architecture and its preprocessing (HU window, spacing: the probe windows the blocks as
     the run's pretraining did); ``encoder`` overrides the architecture (e.g. ``{"use_semantic_attention": False}``
-    for SMIT).
+    for SMIT). ``tiling``: the probe's tiling (None: its default, ``"per_block"``; ``"grid"`` is 17 times cheaper
+    on ``sts/`` but reads the block's position in its tile, docs/results/study.md, twelfth session).
     Returns (and writes as ``study.json``) per run: the curve (epoch, iteration, tumour AUC/AP, organ
     kNN), the random-init rows of its architecture, the intensity baseline and the collapse monitors.
     """
     from dagman_components.analysis.probe import (
         DEFAULT_PREPROCESSING,
+        DEFAULT_TILING,
         build_encoder,
         evaluate_encoder,
         prepare_probe_data,
@@ -109,13 +112,15 @@ def evaluate_study(
 
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
-    result: dict[str, Any] = {"data_dir": str(data_dir), "feature": feature, "n_random_seeds": n_random_seeds, "runs": {}}
+    tiling = DEFAULT_TILING if tiling is None else str(tiling)
+    result: dict[str, Any] = {"data_dir": str(data_dir), "feature": feature, "tiling": tiling,
+                              "n_random_seeds": n_random_seeds, "runs": {}}
     for name, run in runs.items():
         kwargs = dict(run.get("encoder", {}))
         config_file = run.get("config_file")
         preprocessing = (preprocessing_from_config(config_file) if config_file is not None
                          else {k: list(v) for k, v in DEFAULT_PREPROCESSING.items()})
-        data = prepare_probe_data(data_dir, **preprocessing)  # cached per preprocessing within the process
+        data = prepare_probe_data(data_dir, tiling=tiling, **preprocessing)  # cached per preprocessing and tiling
         curve = []
         for epoch, path in snapshots(run["dir"]):
             encoder, resolved = build_encoder(path, kwargs, config_file)

@@ -35,7 +35,7 @@ def test_study_curve_baselines_and_monitors(run_dir, tmp_path):
     out = tmp_path / "out"
     encoder = {k: v for k, v in TINY.items()}
     result = evaluate_study({"tiny": {"dir": str(run_dir), "encoder": encoder}}, data_dir=str(data), output_dir=str(out),
-                            n_random_seeds=2)
+                            n_random_seeds=2, tiling="grid")
     run = result["runs"]["tiny"]
     assert [p["epoch"] for p in run["curve"]] == [0, 5] and [p["iteration"] for p in run["curve"]] == [0, 30]
     assert all(0.0 <= p["tumour_auc"] <= 1.0 for p in run["curve"])
@@ -43,6 +43,7 @@ def test_study_curve_baselines_and_monitors(run_dir, tmp_path):
     assert run["random_init"]["seeds"] == [0, 1]
     assert run["monitors"]["teacher_mutual_information_aitd"] == {"first_epoch": 1.0, "last_epoch": 0.5}
     saved = json.loads((out / "study.json").read_text())
+    assert saved["tiling"] == "grid" and result["tiling"] == "grid"
     assert saved["runs"]["tiny"]["curve"] == json.loads(json.dumps(run["curve"]))
     assert (out / "learning_curves.png").stat().st_size > 0
 
