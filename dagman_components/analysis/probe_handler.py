@@ -5,11 +5,11 @@ Attached to the pretraining trainer it evaluates the current student encoder eve
 epochs and at the end (tumour-vs-tissue linear probe, organ kNN when the organ data exist), on
 blocks preprocessed once at attach time, next to reference lines computed once at attach time too:
 the same architecture at random initialisation (mean +- std over seeds) and the raw-intensity
-baseline. One evaluation costs one frozen forward per cached 64^3 tile plus a logistic regression
-and a kNN (well under a second). Measured at train.yaml's architecture (``feature_size`` 12, depths
-(2, 2, 8, 2)) on a shared 2-core CPU: about 1 s per tile, so the 20 real STS cases plus the organ CT
-(145 tiles) take about 2 min per evaluation and ``prepare_options={"max_cases": 4}`` (38 tiles) about
-45 s; on a GPU the tiles are copied to the device once and an evaluation takes seconds.
+baseline. One evaluation costs one frozen forward per 64^3 tile plus the logistic regressions and a
+kNN. With the probe's default per-block tiles the 20 real STS cases plus the organ CT are 2411 tiles:
+about 2.5 min per evaluation at train.yaml's architecture on one CPU thread (2026-12-04);
+``prepare_options={"tiling": "grid"}`` reads 145 tiles instead (cheaper, but it reads the block's position
+in its tile, docs/results/study.md, twelfth session) and ``{"max_cases": 4}`` fewer cases.
 """
 
 from __future__ import annotations
