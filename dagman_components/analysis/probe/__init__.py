@@ -59,8 +59,8 @@ Scores:
   eleventh session).
 - the ``location`` reference row: the tumour probe of the four intensity statistics and the block's place
   in its cropped case (:py:data:`LOCATION_FEATURES`), no encoder at all. The ``sts/`` crops are centred on
-  their tumours, so the place alone gives AUC 0.87 and with the intensities 0.93, as much as a random-init
-  encoder: read an encoder's tumour AUC against this row, not only against intensity.
+  their tumours, so the place alone gives AUC 0.963 and with the intensities 0.967, above every encoder
+  measured, random or pretrained (0.92-0.95; docs/results/study.md, twelfth session): read an encoder's tumour AUC against this row, not only against intensity.
 - both are cross-validated ``cv_repeats`` (5) times with fold seeds ``seed``, ``seed + 1``, ... and
   averaged **[choice]**: on the real data one split's tumour AUC moves by up to 0.01 and the 61-block
   organ kNN by up to 0.04 with the split, as much as the random-init seeds differ
