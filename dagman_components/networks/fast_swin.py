@@ -46,6 +46,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
+from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import (
     BasicLayer,
     PatchMerging,
@@ -64,6 +65,8 @@ __all__ = [
     "relative_position_bias",
     "shift_mask",
     "swin_stage",
+    "swin_stage_with_uniform_tokens",
+    "UNIFORM_WINDOW_MIN_FRACTION",
     "uses_monai_forward",
     "window_attention",
     "window_order",
@@ -154,7 +157,8 @@ def _chunk_windows(num_windows: int, heads: int, n: int, mask_windows: int | Non
     """Windows per chunk: attention matrices of about :data:`ATTENTION_CHUNK_BYTES`, aligned to the shift mask's period."""
     per_window = heads * n * n * 4
     target = max(1, ATTENTION_CHUNK_BYTES // per_window)
-    if mask_windows is None:
+    if mask_windows is None or mask_windows == num_windows:
+        # no mask, or a mask row per window (one sample, or a selection of windows): any chunk lines up
         return min(target, num_windows)
     if target >= mask_windows:
         return mask_windows * (target // mask_windows)
@@ -172,6 +176,10 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
+#: windows per fused attention call when each window has its own mask row (about one sample's at 96^3)
+_SDPA_MASK_WINDOWS = 1024
+
+
 def _sdpa(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """Fused attention -> (B*nW, n, C); ``bias`` (heads, n, n), ``mask`` (nW, n, n) or None; q, k, v (B*nW, heads, n, hd)."""
     dropout = attn.attn_drop.p if attn.training else 0.0
@@ -181,14 +189,17 @@ def _sdpa(attn: WindowAttention, q, k, v, bias: torch.Tensor, mask: torch.Tensor
         )
     # one additive mask per window of a sample, (nW, heads, n, n); samples run one call each, so the
     # mask never needs to be repeated over the batch (MONAI's path expands it to every window of every sample)
-    combined = (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
-    num_windows = mask.shape[0]
-    outputs = [
-        _merge_heads(
-            F.scaled_dot_product_attention(qs, ks, vs, attn_mask=combined, dropout_p=dropout, scale=attn.scale)
+    per_window = mask.shape[0] == q.shape[0]
+    # a mask row per window (one sample, or a selection of windows of several): the additive masks of
+    # about one sample's windows at a time, not of the whole selection at once
+    step = min(mask.shape[0], _SDPA_MASK_WINDOWS) if per_window else mask.shape[0]
+    shared = None if per_window else (bias.unsqueeze(0) + mask.unsqueeze(1)).to(q.dtype)
+    outputs = []
+    for start, qs, ks, vs in zip(range(0, q.shape[0], step), q.split(step), k.split(step), v.split(step)):
+        combined = shared if shared is not None else (bias.unsqueeze(0) + mask[start : start + step].unsqueeze(1)).to(q.dtype)
+        outputs.append(
+            _merge_heads(F.scaled_dot_product_attention(qs, ks, vs, attn_mask=combined, dropout_p=dropout, scale=attn.scale))
         )
-        for qs, ks, vs in zip(q.split(num_windows), k.split(num_windows), v.split(num_windows))
-    ]
     return torch.cat(outputs)
 
 
@@ -322,21 +333,49 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mlp.drop2(fused_linear(mlp.linear2, hidden))
 
 
-def _block(block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Tensor | None) -> torch.Tensor:
-    """One Swin block on the residual stream ``x`` (B, L, C) in the block's window order."""
+def _drop_path_scale(drop_path: nn.Module, rows: int, like: torch.Tensor) -> torch.Tensor | None:
+    """(rows, 1, 1) per-sample factors of MONAI's ``DropPath`` (same draw, same random stream), or None when it is the identity."""
+    if type(drop_path) is not DropPath or drop_path.drop_prob == 0.0 or not drop_path.training:
+        return None
+    keep = 1.0 - drop_path.drop_prob
+    scale = like.new_empty((rows, 1, 1)).bernoulli_(keep)
+    return scale.div_(keep) if keep > 0.0 and drop_path.scale_by_keep else scale
+
+
+def _block(
+    block: SwinTransformerBlock,
+    x: torch.Tensor,
+    n: int,
+    mask: torch.Tensor | None,
+    rows_of_sample: torch.Tensor | None = None,
+    batch: int = 0,
+) -> torch.Tensor:
+    """One Swin block on the residual stream ``x`` (B, L, C) in the block's window order.
+
+    With ``rows_of_sample`` (R,), ``x`` is (R, n, C), a selection of windows of ``batch`` samples (``mask``:
+    (R, n, n) or None), and drop path draws MONAI's per-sample factors for the ``batch`` samples and gives
+    row ``r`` those of sample ``rows_of_sample[r]``: the random stream and the factors are those of the
+    whole (B, L, C) stream.
+    """
 
     def attention_part(tokens: torch.Tensor) -> torch.Tensor:
         normed = block.norm1(tokens)
         return window_attention(block.attn, normed.view(-1, n, normed.shape[-1]), mask).view_as(tokens)
 
     def mlp_part(tokens: torch.Tensor) -> torch.Tensor:
-        return block.drop_path(_mlp(block.mlp, block.norm2(tokens)))
+        return _mlp(block.mlp, block.norm2(tokens))
 
-    if block.use_checkpoint and torch.is_grad_enabled():
-        x = x + block.drop_path(checkpoint.checkpoint(attention_part, x, use_reentrant=False))
-        return x + checkpoint.checkpoint(mlp_part, x, use_reentrant=False)
-    x = x + block.drop_path(attention_part(x))
-    return x + mlp_part(x)
+    checkpointed = block.use_checkpoint and torch.is_grad_enabled()
+
+    def residual(part, tokens: torch.Tensor) -> torch.Tensor:
+        update = checkpoint.checkpoint(part, tokens, use_reentrant=False) if checkpointed else part(tokens)
+        if rows_of_sample is None:
+            return tokens + block.drop_path(update)
+        scale = _drop_path_scale(block.drop_path, batch, tokens)
+        return tokens + (update if scale is None else update * scale[rows_of_sample])
+
+    x = residual(attention_part, x)
+    return residual(mlp_part, x)
 
 
 def _block_geometry(
@@ -344,6 +383,35 @@ def _block_geometry(
 ) -> tuple[tuple[int, ...], tuple[int, ...]]:
     window, shift = get_window_size(grid, block.window_size, block.shift_size)
     return tuple(window), tuple(shift)
+
+
+def _block_on_mixed_windows(
+    block: SwinTransformerBlock, x: torch.Tensor, n: int, mask: torch.Tensor | None, uniform: torch.Tensor
+) -> torch.Tensor:
+    """:func:`_block` computing each sample's uniform windows once: ``x`` (B, L, C) -> (B, L, C).
+
+    ``uniform`` (B, nW) marks the windows whose tokens all hold one value shared by every such window of
+    the sample. Attention among equal tokens returns their common value transformed (whatever the weights,
+    so whatever the relative position bias and the shift mask), and norms, MLP, residuals and drop path are
+    per token: every uniform window of a sample has the same output. The block runs on the mixed windows
+    and one uniform window per sample, and the others copy it; autograd sums their gradients into it.
+    """
+    b, length, c = x.shape
+    num_windows = length // n
+    first_uniform = uniform & (uniform.cumsum(1) == 1)
+    computed = (~uniform | first_uniform).reshape(-1)
+    rows = computed.nonzero().squeeze(1)  # (R,) windows that run, in (B * nW) order
+    position = computed.cumsum(0).sub_(1).view(b, num_windows)  # each computed window's row in the selection
+    representative = (position * first_uniform).sum(1, keepdim=True)  # (B, 1) row of the sample's uniform window
+    source = torch.where(uniform, representative, position).reshape(-1)
+    windows = x.reshape(b * num_windows, n, c).index_select(0, rows)
+    window_mask = None if mask is None else mask.index_select(0, rows % num_windows)
+    out = _block(block, windows, n, window_mask, rows_of_sample=rows // num_windows, batch=b)
+    return out.index_select(0, source).view(b, length, c)
+
+
+#: fraction of a block's windows that must be uniform for :func:`_block_on_mixed_windows` to pay for its two gathers
+UNIFORM_WINDOW_MIN_FRACTION = 0.1
 
 
 def swin_stage(layer: BasicLayer, x: torch.Tensor) -> torch.Tensor:
@@ -355,32 +423,81 @@ def swin_stage(layer: BasicLayer, x: torch.Tensor) -> torch.Tensor:
     becomes one gather into its concatenation order followed by its own ``norm`` and ``reduction``;
     any other (or hooked) ``downsample`` module is called on the (B, D, H, W, C) map as MONAI does.
     """
+    return swin_stage_with_uniform_tokens(layer, x, None)[0]
+
+
+def swin_stage_with_uniform_tokens(
+    layer: BasicLayer, x: torch.Tensor, uniform: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`swin_stage` that computes windows of identical tokens once per sample.
+
+    Args:
+        layer: MONAI's stage.
+        x: channels-last input (B, D, H, W, C).
+        uniform: (B, D, H, W) bool, True where a token holds a value shared by all the sample's True tokens
+            (the mask token of a masked input), or None (plain :func:`swin_stage`).
+
+    Returns:
+        the stage's channels-last output, and the output tokens (B, D', H', W') that still share one value
+        per sample (None when none do, or when MONAI's forward ran): the next stage's ``uniform``.
+
+    In each block, windows whose tokens are all uniform (70 % of stage 1's unshifted windows at the papers'
+    mask ratio of 16^3-voxel units) are computed once per sample (:func:`_block_on_mixed_windows`), when
+    they are at least :data:`UNIFORM_WINDOW_MIN_FRACTION` of the windows. Same outputs and gradients as
+    :func:`swin_stage` up to float rounding.
+    """
     b, *spatial, c = x.shape
     grid = tuple(int(s) for s in spatial)
     geometry = [_block_geometry(block, grid) for block in layer.blocks]
     padded = any(g % w for window, _ in geometry for g, w in zip(grid, window))
     if padded or uses_monai_forward(layer):
-        return layer(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+        return layer(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1), None
     # a window covering the whole grid is the row-major order itself
     spatial = (grid, grid, (0,) * len(grid))
     current = spatial
     # the residual stream keeps the parameters' dtype: float32 under autocast, where only the
     # matrix products run in bf16 (MONAI's forward carries the patch embedding's bf16 through the stage)
     tokens = x.reshape(b, -1, c).to(layer.blocks[0].norm1.weight.dtype)
+    flags = None if uniform is None else uniform.reshape(b, -1)
     for block, (window, shift) in zip(layer.blocks, geometry):
         if (grid, window, shift) != current:
-            tokens = tokens[:, _reorder(window_order(*current, x.device), window_order(grid, window, shift, x.device))]
+            order = _reorder(window_order(*current, x.device), window_order(grid, window, shift, x.device))
+            tokens = tokens[:, order]
+            flags = None if flags is None else flags[:, order]
             current = (grid, window, shift)
         mask = shift_mask(grid, window, shift, x.device) if any(s > 0 for s in shift) else None
-        tokens = _block(block, tokens, math.prod(window), mask)
+        n = math.prod(window)
+        if flags is None:
+            tokens = _block(block, tokens, n, mask)
+            continue
+        windows_uniform = flags.view(b, -1, n).all(-1)  # (B, nW)
+        fraction = float(windows_uniform.float().mean())
+        if fraction >= UNIFORM_WINDOW_MIN_FRACTION:
+            tokens = _block_on_mixed_windows(block, tokens, n, mask, windows_uniform)
+        else:
+            tokens = _block(block, tokens, n, mask)
+        flags = windows_uniform.repeat_interleave(n, dim=1) if fraction > 0 else None
     merge = layer.downsample
     if _mergeable(merge, grid):
         # one gather from window order straight into the merged layout, instead of MONAI's reverse
         # copies and its eight strided slices (whose backward writes eight zero-filled full-size maps)
-        merged = tokens[:, _reorder(window_order(*current, x.device), _merge_order(grid, x.device))]
-        merged = merged.view(b, *(g // 2 for g in grid), 8 * c)
-        return merge.reduction(merge.norm(merged))
+        order = _reorder(window_order(*current, x.device), _merge_order(grid, x.device))
+        merged = tokens[:, order].view(b, *(g // 2 for g in grid), 8 * c)
+        merged_flags = None if flags is None else flags[:, order].view(b, *(g // 2 for g in grid), 8).all(-1)
+        return merge.reduction(merge.norm(merged)), _any_or_none(merged_flags)
     if current != spatial:
-        tokens = tokens[:, _reorder(window_order(*current, x.device), window_order(*spatial, x.device))]
+        order = _reorder(window_order(*current, x.device), window_order(*spatial, x.device))
+        tokens = tokens[:, order]
+        flags = None if flags is None else flags[:, order]
     out = tokens.view(b, *grid, c)
-    return merge(out) if merge is not None else out
+    if merge is None:
+        return out, _any_or_none(None if flags is None else flags.view(b, *grid))
+    if type(merge) is PatchMerging and flags is not None and len(grid) == 3 and all(g % 2 == 0 for g in grid):
+        d, h, w = grid
+        neighbours = flags.view(b, d // 2, 2, h // 2, 2, w // 2, 2)
+        return merge(out), _any_or_none(neighbours.all(6).all(4).all(2))
+    return merge(out), None
+
+
+def _any_or_none(flags: torch.Tensor | None) -> torch.Tensor | None:
+    return flags if flags is not None and bool(flags.any()) else None

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from monai.networks.nets.swin_unetr import SwinTransformer
 
 from dagman_components.masking import upsample_token_mask
-from dagman_components.networks.fast_swin import swin_stage
+from dagman_components.networks.fast_swin import swin_stage, swin_stage_with_uniform_tokens
 from dagman_components.networks.semantic_attention import SemanticAttention
 from dagman_components.options import as_bool
 
@@ -60,7 +60,9 @@ ARCHITECTURE_ARGS: tuple[str, ...] = (
     "sa_stage", "use_semantic_attention", "sa_depth", "sa_num_heads", "sa_layer_scale_init", "sa_inline",
 )
 #: the other constructor arguments (training and speed options): not stored, each user sets its own
-RUNTIME_OPTIONS: tuple[str, ...] = ("drop_path_rate", "use_checkpoint", "swin_forward", "compile_stages", "channels_last")
+RUNTIME_OPTIONS: tuple[str, ...] = (
+    "drop_path_rate", "use_checkpoint", "swin_forward", "compile_stages", "channels_last", "skip_mask_windows",
+)
 #: the ``"format"`` entry of a self-describing encoder file
 ENCODER_FILE_FORMAT = "dagman-encoder"
 #: what a downstream bundle builds with ``--pretrained false`` (from scratch) and the probe's default architecture:
@@ -147,6 +149,10 @@ class SASwinEncoder(nn.Module):
             first step compiles for minutes on a CPU for a few per cent per step; see the bundle README).
         channels_last: feed the patch embedding a ``channels_last_3d`` input, so that its output is
             already channels-last for the fast forward (off: no measurable gain; see the bundle README).
+        skip_mask_windows: in the fast forward of a masked input, compute the windows that hold only
+            mask tokens once per sample up to the SA stage
+            (:func:`~dagman_components.networks.fast_swin.swin_stage_with_uniform_tokens`; same outputs and
+            gradients up to float rounding). On by default; off for the compiled stages.
     """
 
     def __init__(
@@ -170,6 +176,7 @@ class SASwinEncoder(nn.Module):
         swin_forward: str = "fast",
         compile_stages: bool = False,
         channels_last: bool = False,
+        skip_mask_windows: bool = True,
     ) -> None:
         super().__init__()
         # flags may arrive as "false" strings from `monai.bundle run --key false`
@@ -178,6 +185,7 @@ class SASwinEncoder(nn.Module):
         use_checkpoint = as_bool(use_checkpoint, "use_checkpoint")
         self.compile_stages = as_bool(compile_stages, "compile_stages")
         self.channels_last = as_bool(channels_last, "channels_last")
+        self.skip_mask_windows = as_bool(skip_mask_windows, "skip_mask_windows")
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"depths and num_heads need 4 stages, got depths={depths}, num_heads={num_heads}.")
         if sa_stage not in (1, 2, 3, 4):
@@ -285,6 +293,8 @@ class SASwinEncoder(nn.Module):
             weight = upsample_token_mask(mask, grid, self.token_stride // self.patch_size).unsqueeze(1).to(x0.dtype)
             x0 = x0 * (1.0 - weight) + self.mask_token.to(x0.dtype) * weight
         x_stage = swin.pos_drop(x0)
+        # stage-1 tokens equal to the mask token (dropout off: pos_drop is MONAI's rate 0 by default)
+        uniform = weight[:, 0] > 0.5 if self._skips_mask_windows(mask, swin.pos_drop) else None
         hidden_states = [self._normalized(x_stage)]
         sa_out = None
         premerge: list[torch.Tensor] = []
@@ -299,7 +309,10 @@ class SASwinEncoder(nn.Module):
                 else None
             )
             try:
-                x_stage = self._run_stage(layers[0], x_stage)
+                if uniform is not None and stage <= self.sa_stage:
+                    x_stage, uniform = self._run_stage_with_uniform_tokens(layers[0], x_stage, uniform)
+                else:
+                    x_stage = self._run_stage(layers[0], x_stage)
             finally:
                 if handle is not None:
                     handle.remove()
@@ -339,6 +352,21 @@ class SASwinEncoder(nn.Module):
             return layer(x.contiguous())
         stage = _compiled_swin_stage() if self.compile_stages else swin_stage
         return stage(layer, x.permute(0, 2, 3, 4, 1)).permute(0, 4, 1, 2, 3)
+
+    def _skips_mask_windows(self, mask: torch.Tensor | None, pos_drop: nn.Module) -> bool:
+        # compiled stages want static shapes; positional dropout would make the mask tokens differ
+        dropout = isinstance(pos_drop, nn.Dropout) and pos_drop.p > 0 and pos_drop.training
+        return (
+            mask is not None and self.skip_mask_windows and not self.compile_stages
+            and not self._use_monai_forward() and not dropout
+        )
+
+    def _run_stage_with_uniform_tokens(
+        self, layer: nn.Module, x: torch.Tensor, uniform: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`_run_stage` computing windows of mask tokens once per sample; ``uniform`` (B, D, H, W) bool."""
+        out, uniform = swin_stage_with_uniform_tokens(layer, x.permute(0, 2, 3, 4, 1), uniform)
+        return out.permute(0, 4, 1, 2, 3), uniform
 
     def _normalized(self, x: torch.Tensor) -> torch.Tensor:
         """MONAI's ``proj_out(x, normalize=True)``: layer norm over channels (no affine) of (B, C, D, H, W)."""

@@ -65,6 +65,7 @@ def test_check_properties_and_defaults_are_the_papers(bundle_copy):
     # speed and scale keys (docs/README.md, Performance): same weights either way
     encoder = parser.get_parsed_content("network").encoder
     assert encoder.swin_forward == "fast" and not encoder.compile_stages and not encoder.channels_last
+    assert encoder.skip_mask_windows
     assert parser["cache"] == "memory" and isinstance(parser.get_parsed_content("train::dataset"), CacheDataset)
     paper = ConfigWorkflow(
         config_file=[str(bundle / "configs" / "train.yaml"), str(bundle / "configs" / "paper.yaml")],

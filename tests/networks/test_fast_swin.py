@@ -233,3 +233,103 @@ def test_training_attention_takes_monai_metatensors():
     plain = swin_stage(layer, x.clone().requires_grad_(True))
     meta = swin_stage(layer, MetaTensor(x.clone()).requires_grad_(True))
     assert torch.allclose(torch.as_tensor(meta), plain, atol=TOLERANCE, rtol=0)
+
+
+# ---- windows of mask tokens, computed once per sample ------------------------------------------------------
+
+
+def uniform_tokens(grid=(16, 8, 8), channels=12, fraction=0.7, seed=0):
+    """(x (B, *grid, C), uniform (B, *grid)): 4^3 units (one window each) of which ``fraction`` hold one per-sample token."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, *grid, channels, generator=generator)
+    units = [g // 4 for g in grid]
+    chosen = torch.rand(2, *units, generator=generator) < fraction
+    uniform = chosen.repeat_interleave(4, 1).repeat_interleave(4, 2).repeat_interleave(4, 3)
+    shared = torch.randn(2, 1, 1, 1, channels, generator=generator)
+    return torch.where(uniform.unsqueeze(-1), shared, x), uniform
+
+
+@pytest.mark.parametrize("checkpointed", [False, True], ids=["plain", "checkpointed"])
+def test_uniform_windows_stage_equals_the_plain_stage_with_drop_path(monkeypatch, checkpointed):
+    calls = []
+    original = fast_swin._block_on_mixed_windows
+    monkeypatch.setattr(fast_swin, "_block_on_mixed_windows", lambda *a: calls.append(a[-1].float().mean()) or original(*a))
+    torch.manual_seed(0)
+    layer = perturbed(BasicLayer(12, 2, 3, (4, 4, 4), drop_path=[0.3, 0.3], qkv_bias=True, downsample=PatchMerging,
+                                 use_checkpoint=checkpointed))
+    layer.train()
+    twin = copy.deepcopy(layer)
+    x, uniform = uniform_tokens(fraction=0.9)  # enough for shifted windows of 8 units to be uniform too
+    weights = torch.randn(2, 8, 4, 4, 24)
+    results = []
+    for module, flags in ((layer, uniform), (twin, None)):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(3)  # the same drop-path draws
+        out, _ = fast_swin.swin_stage_with_uniform_tokens(module, xi, flags)
+        (out * weights).sum().backward()
+        results.append((out.detach(), xi.grad))
+    assert len(calls) == 2 and float(calls[0]) > 0.5 and float(calls[1]) > 0.1  # both blocks ran on fewer windows
+    (out, grad), (reference, reference_grad) = results
+    assert torch.allclose(out, reference, atol=TOLERANCE, rtol=0)
+    # the shared tokens' gradient reaches one window of each sample (what they are computed from, e.g. the
+    # mask token, gets the same sum); every other token's is its own
+    assert torch.allclose(grad[~uniform], reference_grad[~uniform], atol=TOLERANCE, rtol=0)
+    for sample in range(2):
+        total, reference_total = grad[sample][uniform[sample]].sum(0), reference_grad[sample][uniform[sample]].sum(0)
+        assert torch.allclose(total, reference_total, atol=TOLERANCE * float(reference_total.abs().max()), rtol=TOLERANCE)
+    for (name, p), q in zip(layer.named_parameters(), twin.parameters()):
+        assert torch.allclose(p.grad, q.grad, atol=TOLERANCE * float(q.grad.abs().max()), rtol=TOLERANCE), name
+
+
+def test_uniform_windows_stage_equals_monai_and_marks_the_tokens_still_shared():
+    layer = stage()
+    x, uniform = uniform_tokens(fraction=0.9)
+    with torch.no_grad():
+        out, flags = fast_swin.swin_stage_with_uniform_tokens(layer, x, uniform)
+        reference = layer(x.permute(0, 4, 1, 2, 3)).permute(0, 2, 3, 4, 1)
+    assert torch.allclose(out, reference, atol=TOLERANCE, rtol=0)
+    assert flags is not None and flags.shape == out.shape[:-1]
+    assert flags.any() and not flags.all()
+    for sample in range(2):
+        shared = out[sample][flags[sample]]
+        assert torch.allclose(shared, shared[:1].expand_as(shared), atol=TOLERANCE, rtol=0)
+    # and a stage that sees no shared tokens passes None on
+    assert fast_swin.swin_stage_with_uniform_tokens(layer, x, torch.zeros_like(uniform))[1] is None
+
+
+def test_uniform_windows_below_the_threshold_run_every_window(monkeypatch):
+    monkeypatch.setattr(fast_swin, "_block_on_mixed_windows", lambda *a: pytest.fail("ran on a selection"))
+    layer = stage()
+    x, uniform = uniform_tokens(fraction=0.0)
+    uniform[:, :4, :4, :4] = True  # one window of 32 per sample: below UNIFORM_WINDOW_MIN_FRACTION
+    with torch.no_grad():
+        out, _ = fast_swin.swin_stage_with_uniform_tokens(layer, x, uniform)
+    assert torch.allclose(out, swin_stage(layer, x), atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize("train", [True, False], ids=["student", "teacher"])
+def test_encoder_skipping_mask_windows_gives_the_same_outputs_and_gradients(train):
+    torch.manual_seed(0)
+    skipping = perturbed(SASwinEncoder(feature_size=12, depths=(2, 2, 2, 2), drop_path_rate=0.2), seed=2)
+    plain = copy.deepcopy(skipping)
+    plain.skip_mask_windows = False
+    x = torch.rand(2, 1, 64, 64, 64)
+    mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(1)) < 0.7
+    results = []
+    for encoder in (skipping, plain):
+        encoder.train(train)
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(4)
+        out = encoder(xi, mask, return_premerge=True)
+        (sum((h * h).mean() for h in out.hidden_states) + out.cls.square().sum()).backward()
+        results.append((out, xi.grad, {k: p.grad for k, p in encoder.named_parameters() if p.grad is not None}))
+    (out, grad, grads), (reference, reference_grad, reference_grads) = results
+    for a, b in zip(out.hidden_states, reference.hidden_states):
+        assert torch.allclose(a, b, atol=TOLERANCE, rtol=0)
+    for key in ("cls", "satt", "premerge_tokens"):
+        assert torch.allclose(getattr(out, key), getattr(reference, key), atol=TOLERANCE, rtol=0), key
+    assert torch.allclose(grad, reference_grad, atol=TOLERANCE, rtol=0)
+    assert grads.keys() == reference_grads.keys()
+    scale = max(float(g.abs().max()) for g in reference_grads.values())
+    for name, g in grads.items():
+        assert torch.allclose(g, reference_grads[name], atol=TOLERANCE * scale, rtol=TOLERANCE), name
