@@ -2,7 +2,8 @@
 
 MONAI's ``BasicLayer`` / ``SwinTransformerBlock`` / ``WindowAttention`` hold the parameters; only the
 order of the computation changes, so every parameter name (and ``SwinUNETR.load_state_dict``) stays
-MONAI's. Four things make MONAI's forward slow on a CPU (profile of the pretraining step):
+MONAI's. Four things make MONAI's forward slow on a CPU (profile of the pretraining step), and the
+masked inputs of pretraining allow a fifth:
 
 1. **Window attention.** Each (window, head) is a tiny matrix product (64 tokens, head dim 3-24),
    so ``q @ k^T``, the bias add, the softmax and ``attn @ v`` stream the (windows, heads, n, n)
@@ -30,6 +31,12 @@ MONAI's. Four things make MONAI's forward slow on a CPU (profile of the pretrain
    back in the product, which doubles the cost of the stages' tall, thin products; the qkv, projection
    and MLP layers run :func:`~dagman_components.networks.fused_linear.fused_linear` (oneDNN's linear, the
    bias fused, and the MLP's GELU too when no gradient is kept).
+
+5. **Windows of mask tokens.** A masked input (the student's 70 % of 16^3-voxel units, the noisy teacher's
+   70 % patch dropout) holds the same mask token in every masked position, so most stage-1 windows hold only
+   copies of one token, whose block output is the same in every such window of a sample.
+   :func:`swin_stage_with_uniform_tokens` computes those windows once per sample
+   (:func:`_block_on_mixed_windows`), up to the SA stage (``SASwinEncoder(skip_mask_windows=True)``).
 
 The arithmetic per token and per window is MONAI's (same formula, same order of additions); the
 fused kernel differs from it by float rounding only (tests: outputs and input gradients within 1e-5).
