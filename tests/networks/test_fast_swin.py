@@ -1,6 +1,7 @@
 """The fast Swin forward against MONAI's own: same outputs and gradients, MONAI's parameters, hooks still fire."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -307,14 +308,18 @@ def test_uniform_windows_below_the_threshold_run_every_window(monkeypatch):
     assert torch.allclose(out, swin_stage(layer, x), atol=TOLERANCE, rtol=0)
 
 
-@pytest.mark.parametrize("train", [True, False], ids=["student", "teacher"])
-def test_encoder_skipping_mask_windows_gives_the_same_outputs_and_gradients(train):
+@pytest.mark.parametrize(
+    "train, shape", [(True, (2, 64, 64, 64)), (False, (2, 64, 64, 64)), (True, (1, 64, 96, 32))],
+    ids=["student", "teacher", "one_non_cubic_crop"],
+)
+def test_encoder_skipping_mask_windows_gives_the_same_outputs_and_gradients(train, shape):
     torch.manual_seed(0)
     skipping = perturbed(SASwinEncoder(feature_size=12, depths=(2, 2, 2, 2), drop_path_rate=0.2), seed=2)
     plain = copy.deepcopy(skipping)
     plain.skip_mask_windows = False
-    x = torch.rand(2, 1, 64, 64, 64)
-    mask = torch.rand(2, 64, generator=torch.Generator().manual_seed(1)) < 0.7
+    x = torch.rand(shape[0], 1, *shape[1:])
+    tokens = math.prod(s // 16 for s in shape[1:])
+    mask = torch.rand(shape[0], tokens, generator=torch.Generator().manual_seed(1)) < 0.7
     results = []
     for encoder in (skipping, plain):
         encoder.train(train)
