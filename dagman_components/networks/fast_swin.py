@@ -53,7 +53,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from monai.networks.blocks import MLPBlock
-from monai.networks.layers import DropPath
 from monai.networks.nets.swin_unetr import (
     BasicLayer,
     PatchMerging,
@@ -340,15 +339,6 @@ def _mlp(mlp: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return mlp.drop2(fused_linear(mlp.linear2, hidden))
 
 
-def _drop_path_scale(drop_path: nn.Module, rows: int, like: torch.Tensor) -> torch.Tensor | None:
-    """(rows, 1, 1) per-sample factors of MONAI's ``DropPath`` (same draw, same random stream), or None when it is the identity."""
-    if type(drop_path) is not DropPath or drop_path.drop_prob == 0.0 or not drop_path.training:
-        return None
-    keep = 1.0 - drop_path.drop_prob
-    scale = like.new_empty((rows, 1, 1)).bernoulli_(keep)
-    return scale.div_(keep) if keep > 0.0 and drop_path.scale_by_keep else scale
-
-
 def _block(
     block: SwinTransformerBlock,
     x: torch.Tensor,
@@ -378,8 +368,11 @@ def _block(
         update = checkpoint.checkpoint(part, tokens, use_reentrant=False) if checkpointed else part(tokens)
         if rows_of_sample is None:
             return tokens + block.drop_path(update)
-        scale = _drop_path_scale(block.drop_path, batch, tokens)
-        return tokens + (update if scale is None else update * scale[rows_of_sample])
+        if isinstance(block.drop_path, nn.Identity):
+            return tokens + update
+        # MONAI's module draws the (batch, 1, 1) per-sample factors, as on the whole stream
+        scale = block.drop_path(tokens.new_ones((batch, 1, 1)))
+        return tokens + update * scale[rows_of_sample]
 
     x = residual(attention_part, x)
     return residual(mlp_part, x)
@@ -499,10 +492,7 @@ def swin_stage_with_uniform_tokens(
     out = tokens.view(b, *grid, c)
     if merge is None:
         return out, _any_or_none(None if flags is None else flags.view(b, *grid))
-    if type(merge) is PatchMerging and flags is not None and len(grid) == 3 and all(g % 2 == 0 for g in grid):
-        d, h, w = grid
-        neighbours = flags.view(b, d // 2, 2, h // 2, 2, w // 2, 2)
-        return merge(out), _any_or_none(neighbours.all(6).all(4).all(2))
+    # a hooked or other downsample module: its output tokens are not tracked
     return merge(out), None
 
 
